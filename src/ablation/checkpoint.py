@@ -1,0 +1,127 @@
+"""Checkpoint directories: written atomically, verified by checksum on load, found newest-valid-first.
+
+Why: nothing already trained may be lost, and a torn or corrupt file must never be silently used. A
+checkpoint is a directory holding `state.pt` (loaded with weights_only=True) and `meta.json` (epoch,
+sha256 of state.pt). The same layout serves `ablation train` run dirs and Ray Tune trial checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import UserError
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, truncated or fails its checksum."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write via a temp file in the same directory, fsync, then rename: readers see old or new, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
+    """Write state into directory (created); meta.json goes last, so a checkpoint without it is incomplete."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{STATE_FILE}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, directory / STATE_FILE)
+    meta = {"epoch": state["epoch"], "epochs": state["epochs"], "stage": state["config"]["stage"],
+            "sha256": sha256_file(directory / STATE_FILE)}
+    write_atomic(directory / META_FILE, json.dumps(meta, indent=1))
+    return directory
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(directory) / META_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{directory}: no readable {META_FILE} ({exc})") from None
+
+
+def load_checkpoint(directory: Path) -> dict[str, Any]:
+    """Load and verify one checkpoint directory; raises CheckpointError if anything is off."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    path = directory / STATE_FILE
+    if not path.exists() or sha256_file(path) != meta.get("sha256"):
+        raise CheckpointError(f"{path}: missing or fails its sha256 check (truncated or corrupt)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Checkpoint directories of a run, newest epoch first: `ablation train`'s checkpoints/epoch_* and
+    Tune's checkpoint_* (whose numbering can repeat after a restore, so order by the epoch in meta.json)."""
+    run_dir = Path(run_dir)
+    found = [d for pattern in ("checkpoints/epoch_*", "checkpoint_*") for d in run_dir.glob(pattern) if d.is_dir()]
+
+    def epoch_of(d: Path) -> int:
+        try:
+            return int(read_meta(d)["epoch"])
+        except (CheckpointError, KeyError, ValueError):
+            return -1
+
+    return sorted(found, key=lambda d: (epoch_of(d), d.name), reverse=True)
+
+
+def load_latest(candidates: list[Path], warn=None) -> dict[str, Any] | None:
+    """The newest checkpoint that verifies; each bad one is skipped with one warning line."""
+    warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    for directory in candidates:
+        try:
+            return load_checkpoint(directory)
+        except CheckpointError as exc:
+            warn(f"warning: skipping checkpoint {exc}; falling back to an older one")
+    return None
+
+
+def resolve_pretrained(source: str) -> dict[str, torch.Tensor]:
+    """The backbone of a finished rotation run, from its run dir (newest valid checkpoint) or a checkpoint."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"pretrained_from={source}: no such file or directory; point it at a rotation run dir")
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        dirs = [path] if (path / META_FILE).exists() else checkpoint_dirs(path)
+        state = load_latest(dirs)
+        if state is None:
+            raise CheckpointError(f"pretrained_from={source}: no valid checkpoint in it; train the rotation run first")
+    if state.get("config", {}).get("stage") not in (None, "rotation"):
+        raise CheckpointError(f"pretrained_from={source}: is a {state['config']['stage']} run, not a rotation run")
+    if "epoch" in state and state["epoch"] < state["epochs"]:
+        raise CheckpointError(f"pretrained_from={source}: rotation run stopped at epoch {state['epoch']} of "
+                              f"{state['epochs']}; finish it first (rerun its command)")
+    weights = state.get("model", state)  # a run's checkpoint, or a bare resnet18 state dict
+    return {k: v for k, v in weights.items() if not k.startswith("fc.")}

@@ -1,0 +1,130 @@
+"""`ablation train / sweep / status / report / bench`: argument parsing and dispatch only.
+
+Heavy modules (torch, ray, pandas) are imported inside each command so that bad input is answered fast.
+Every expected failure is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import TrialConfig, UserError, defaults_table, parse_overrides
+
+
+class UsageError(UserError):
+    """Bad input that is not a config key (a path, a flag); one line for the user."""
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: malformed YAML{where} ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of key: value at the top level")
+    return data
+
+
+def cmd_train(args) -> int:
+    values = load_yaml(args.config) if args.config else {}
+    values.update(parse_overrides(args.overrides))
+    cfg = TrialConfig.from_dict(values, where=args.config or "train")
+    from .rundir import run  # torch is imported only once the config is known to be good
+
+    run(cfg, Path(args.out), log=lambda msg: print(msg, flush=True))
+    print(f"wrote {Path(args.out) / 'metrics.csv'}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import run_study
+
+    return run_study(args.spec, storage=args.storage, address=args.address, fresh=args.fresh,
+                     overrides=parse_overrides(args.overrides))
+
+
+def cmd_status(args) -> int:
+    from .status import print_status
+
+    return print_status(Path(args.study))
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    out = write_report(Path(args.study))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ablation", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="run one trial without Ray", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="config keys (key=value):\n" + defaults_table())
+    t.add_argument("--config", help="YAML file of trial keys (overrides win over it)")
+    t.add_argument("--out", required=True, help="run directory; rerunning with the same config resumes it")
+    t.add_argument("overrides", nargs="*", metavar="key=value")
+    t.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("sweep", help="run or resume a study spec with Ray Tune")
+    s.add_argument("spec", help="experiments/<study>.yaml")
+    s.add_argument("--storage", default="results/studies", help="study parent dir or URI (default %(default)s)")
+    s.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (default: local Ray)")
+    s.add_argument("--fresh", action="store_true",
+                   help="the spec changed: move the old study aside (kept, renamed) and start over")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="spec keys, e.g. seeds=[0,1]")
+    s.set_defaults(fn=cmd_sweep)
+
+    st = sub.add_parser("status", help="one line per trial of a study")
+    st.add_argument("study")
+    st.set_defaults(fn=cmd_status)
+
+    r = sub.add_parser("report", help="tables, figures and report.md of a study")
+    r.add_argument("study")
+    r.set_defaults(fn=cmd_report)
+
+    b = sub.add_parser("bench", help="images/s of the harness vs a naive DataLoader vs the compute limit")
+    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    b.add_argument("--batch-size", type=int, default=None)
+    b.add_argument("--steps", type=int, default=None, help="timed steps per case")
+    b.add_argument("--concurrent", type=int, default=1, help="also run K processes at once on the device")
+    b.add_argument("--json", default=None, help="write one JSON object per case to this file")
+    b.add_argument("--data", default="fashion-mnist", help="dataset for the harness and naive cases")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as exc:
+        print(f"ablation: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ablation: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Typed trial config: one flat list of defaults, each with a comment, validated loudly.
+
+Why: an ablation is only as good as its bookkeeping. Every knob a trial reads lives here, with the
+report's protocol as the default, and every bad key or value becomes one line that names the key and
+the valid choices (no torch, no ray: this module is imported by the CLI before anything heavy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+
+class UserError(Exception):
+    """Bad input the user can fix (config, data, checkpoint, study); the CLI prints its one-line message."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad key or value in a config, spec or override."""
+
+
+def _opt(default, doc, *, choices=None, lo=None, hi=None, lo_open=False):
+    return field(default=default, metadata={"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open})
+
+
+STAGES = ("rotation", "finetune")
+DATASETS = ("cifar10", "fashion-mnist", "imagefolder")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One training run. Defaults follow the report's protocol (SGD, batch 128, 20 epochs, step decay)."""
+
+    # what to train
+    stage: str = _opt("rotation", "rotation = predict 0/90/180/270 degrees; finetune = CIFAR classes", choices=STAGES)
+    dataset: str = _opt("cifar10", "cifar10 (torchvision), fashion-mnist, or imagefolder (root/train, root/test)",
+                        choices=DATASETS)
+    data_dir: str = _opt("data", "where the dataset lives or is downloaded to (imagefolder: the tree or its zips)")
+    cache_dir: str = _opt("", "where decoded image folders are cached; empty = ~/.cache/ablation")
+    train_subset: int = _opt(0, "stratified training subset size; 0 = the whole training split", lo=0)
+    test_subset: int = _opt(0, "stratified test subset size; 0 = the whole test split", lo=0)
+    labels_per_class: int = _opt(0, "finetune only: labelled training images per class; 0 = all", lo=0)
+    data_seed: int = _opt(0, "seed of the subsets, fixed across trial seeds so seeds vary only the training", lo=0)
+    augment: str = _opt("auto", "random crop (pad 4) + horizontal flip of training batches; auto = on for finetune, "
+                        "off for rotation (the turn is the pretext task's augmentation; crops slowed it: README)",
+                        choices=("auto", "on", "off"))
+    rotation_mode: str = _opt("random1", "random1 = one random quarter-turn per image (the report); "
+                              "all4 = all four turns of each image in one batch (RotNet)", choices=("random1", "all4"))
+    # the network
+    stem: str = _opt("imagenet", "imagenet = torchvision resnet18 as is (the report); cifar = 3x3 stride-1 conv1, "
+                     "no max-pool", choices=("imagenet", "cifar"))
+    init: str = _opt("random", "finetune only: random, or pretrained (backbone of a rotation run)",
+                     choices=("random", "pretrained"))
+    pretrained_from: str = _opt("", "rotation run dir or checkpoint file, when init=pretrained")
+    freeze: int = _opt(0, "freeze the first K of [stem, layer1, layer2, layer3, layer4]; 0 = full fine-tuning, "
+                       "4 = the report's layer4+fc, 5 = linear probe", lo=0, hi=5)
+    # optimisation
+    epochs: int = _opt(20, "training epochs (the report: 20 for each fine-tuning stage)", lo=1)
+    batch_size: int = _opt(128, "model inputs per step (all4: batch_size/4 images x 4 turns)", lo=4)
+    lr: float = _opt(0.01, "peak SGD learning rate", lo=0.0, lo_open=True)
+    momentum: float = _opt(0.9, "SGD momentum", lo=0.0, hi=0.999)
+    nesterov: bool = _opt(False, "Nesterov momentum")
+    weight_decay: float = _opt(5e-4, "L2 weight decay on trainable parameters", lo=0.0)
+    schedule: str = _opt("step", "step = multiply lr by lr_gamma every lr_step epochs (the report); cosine",
+                         choices=("step", "cosine"))
+    lr_step: int = _opt(10, "step schedule: epochs between decays", lo=1)
+    lr_gamma: float = _opt(0.1, "step schedule: decay factor", lo=0.0, hi=1.0, lo_open=True)
+    label_smoothing: float = _opt(0.0, "cross-entropy label smoothing", lo=0.0, hi=0.999)
+    eval_batch_size: int = _opt(1024, "batch size of the gradient-free evaluation", lo=1)
+    # execution
+    seed: int = _opt(0, "seed of weights, batch order and augmentation", lo=0)
+    device: str = _opt("auto", "auto = cuda when available, else cpu", choices=("auto", "cpu", "cuda"))
+    precision: str = _opt("auto", "auto = bf16 autocast on cuda, fp32 on cpu", choices=("auto", "fp32", "bf16"))
+    channels_last: str = _opt("auto", "auto = on for cuda", choices=("auto", "on", "off"))
+    compile: bool = _opt(False, "torch.compile the model (cuda; costs a warm-up)")
+    crash_at_epoch: int = _opt(0, "test-only fault switch: raise mid-way through this epoch unless the run "
+                               "was resumed from a checkpoint; 0 = off", lo=0)
+
+    @classmethod
+    def fields(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, where: str = "config") -> "TrialConfig":
+        """Build and validate from plain values (YAML, JSON or parsed overrides)."""
+        known = cls.fields()
+        for key in values:
+            if key not in known:
+                raise ConfigError(unknown_key_message(key, known, where))
+        coerced = {k: coerce(known[k], v, where) for k, v in values.items()}
+        cfg = cls(**coerced)
+        cfg.check()
+        return cfg
+
+    def replace(self, **changes) -> "TrialConfig":
+        return TrialConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        """Cross-field rules that a single field's range cannot say."""
+        if self.init == "pretrained" and self.stage == "finetune" and not self.pretrained_from:
+            raise ConfigError("init=pretrained needs pretrained_from=<rotation run dir or checkpoint>")
+        if self.stage == "rotation" and self.freeze:
+            raise ConfigError("freeze applies to stage=finetune only; drop freeze= or set stage=finetune")
+        if self.rotation_mode == "all4" and self.batch_size % 4:
+            raise ConfigError(f"rotation_mode=all4 needs batch_size divisible by 4, got {self.batch_size}")
+
+    def describe(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def unknown_key_message(key: str, known: Iterable[str], where: str) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(sorted(known))
+    return f"{where}: unknown key '{key}' ({hint})"
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def coerce(f: dataclasses.Field, value: Any, where: str = "config") -> Any:
+    """Coerce one value to its field's type and check its choices and range."""
+    kind = type(f.default)
+    name = f.name
+    try:
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+                value = value.lower() in _TRUE
+            elif not isinstance(value, bool):
+                raise TypeError
+        elif kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            value = int(value)
+        elif kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            value = float(value)
+        elif kind is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise TypeError
+            value = str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {name} must be {kind.__name__}, got {value!r}") from None
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{where}: {name}={value!r} is not one of {', '.join(meta['choices'])}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        rng = f"> {lo}" if meta.get("lo_open") else f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ConfigError(f"{where}: {name}={value} is out of range (must be {rng})")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}: {name}={value} is out of range (must be in [{lo}, {hi}])")
+    return value
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """`key=value` strings from the command line -> dict; values are coerced later by their field."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. epochs=5)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def defaults_table() -> str:
+    """Markdown table of every key, its default and its meaning (for the README and `--help`)."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(TrialConfig):
+        rows.append(f"| `{f.name}` | `{f.default}` | {f.metadata['doc']} |")
+    return "\n".join(rows)

@@ -1,0 +1,211 @@
+"""The epoch loop of both stages (rotation pretext, fine-tuning), evaluation, and exact resume.
+
+Why: one loop serves `ablation train`, every Ray Tune trial and the benchmark, so a result means the same
+thing everywhere. It chooses no file paths and imports no Ray: after each epoch it hands the metrics row
+and a complete state (model, optimizer, scheduler, every RNG it uses, metrics history) to a callback.
+A run resumed from that state ends bit-identical on CPU to one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import data as D
+from .checkpoint import resolve_pretrained
+from .config import ConfigError, TrialConfig
+from .models import apply_freeze, build_model, load_backbone, set_train_mode
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
+                  "train_images_per_s")
+
+EpochCallback = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the test-only `crash_at_epoch` switch."""
+
+
+def resolve_device(cfg: TrialConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no GPU is visible to torch; use device=auto or device=cpu")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+@dataclass
+class Setup:
+    """Everything a step needs, built once per run (also used by the benchmark)."""
+
+    cfg: TrialConfig
+    device: torch.device
+    model: nn.Module
+    forward: Callable  # model, or its torch.compile'd form
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    gen: torch.Generator  # batch order, crops, flips, rotations; on the training device
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    data: D.Data
+    bf16: bool
+    channels_last: bool
+
+
+def build(cfg: TrialConfig, data: D.Data | None = None) -> Setup:
+    """Seeded model, optimizer, schedule and device-resident data for one run."""
+    device = resolve_device(cfg)
+    torch.manual_seed(cfg.seed)
+    data = data or D.load_data(cfg)
+    outputs = 4 if cfg.stage == "rotation" else len(data.classes)
+    model = build_model(cfg.stem, outputs)
+    if cfg.stage == "finetune" and cfg.init == "pretrained":
+        load_backbone(model, resolve_pretrained(cfg.pretrained_from))
+    apply_freeze(model, cfg.freeze if cfg.stage == "finetune" else 0)
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                weight_decay=cfg.weight_decay)
+    if cfg.schedule == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    forward = torch.compile(model) if cfg.compile else model
+    as_stat = lambda v: torch.tensor(v, device=device).view(1, -1, 1, 1)  # noqa: E731
+    return Setup(cfg, device, model, forward, optimizer, scheduler,
+                 torch.Generator(device=device).manual_seed(cfg.seed),
+                 data.train.x.to(device), data.train.y.to(device), data.test.x.to(device), data.test.y.to(device),
+                 as_stat(data.mean), as_stat(data.std), data, bf16, channels_last)
+
+
+def _autocast(s: Setup):
+    return torch.autocast(s.device.type, dtype=torch.bfloat16) if s.bf16 else contextlib.nullcontext()
+
+
+def make_inputs(s: Setup, x: torch.Tensor, y: torch.Tensor, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images + class labels -> normalised model inputs + targets for the run's stage."""
+    if train and (s.cfg.augment == "on" or (s.cfg.augment == "auto" and s.cfg.stage == "finetune")):
+        x = D.augment(x, s.gen)
+    if s.cfg.stage == "rotation":
+        x, y = D.rotation_batch(x, s.cfg.rotation_mode if train else "all4", s.gen)
+    x = D.normalize(x, s.mean, s.std)
+    if s.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def train_step(s: Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on prepared inputs; returns (summed loss, correct count) as device tensors (no sync)."""
+    with _autocast(s):
+        logits = s.forward(x)
+        loss = nn.functional.cross_entropy(logits, y, label_smoothing=s.cfg.label_smoothing)
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    s.optimizer.step()
+    return loss.detach() * len(y), (logits.argmax(1) == y).sum()
+
+
+def train_batches(s: Setup) -> list[torch.Tensor]:
+    """This epoch's batches of image indices. all4 feeds batch_size/4 images x 4 turns per step. A trailing
+    batch of one image is dropped (BatchNorm cannot train on it)."""
+    per_step = s.cfg.batch_size // 4 if (s.cfg.stage == "rotation" and s.cfg.rotation_mode == "all4") \
+        else s.cfg.batch_size
+    order = torch.randperm(len(s.train_y), generator=s.gen, device=s.device)
+    return [b for b in order.split(per_step) if len(b) > 1]
+
+
+@torch.no_grad()
+def evaluate(s: Setup) -> tuple[float, float]:
+    """Test loss and accuracy; rotation is scored on all four turns of every test image (no sampling)."""
+    s.model.eval()
+    chunk = max(1, s.cfg.eval_batch_size // (4 if s.cfg.stage == "rotation" else 1))
+    loss_sum = torch.zeros((), device=s.device)
+    correct = torch.zeros((), device=s.device, dtype=torch.long)
+    count = 0
+    for x, y in zip(s.test_x.split(chunk), s.test_y.split(chunk)):
+        x, y = make_inputs(s, x, y, train=False)
+        with _autocast(s):
+            logits = s.forward(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        count += len(y)
+    return loss_sum.item() / count, correct.item() / count
+
+
+def rng_state(s: Setup) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), "data": s.gen.get_state()}
+    if s.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(s.device)
+    return state
+
+
+def restore(s: Setup, state: dict[str, Any]) -> None:
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    s.gen.set_state(state["rng"]["data"])
+    if "cuda" in state["rng"] and s.device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng"]["cuda"], s.device)
+
+
+def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | None = None,
+          log: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:
+    """Train cfg.epochs epochs (from resume's epoch on, if given); returns the metrics history."""
+    if resume is not None and resume["config"] != cfg.to_dict():
+        raise ConfigError("the checkpoint was written by a different config; use a new output dir")
+    s = build(cfg)
+    history: list[dict[str, Any]] = []
+    start = 0
+    if resume is not None:
+        restore(s, resume)
+        history, start = list(resume["history"]), int(resume["epoch"])
+        log(f"resumed from epoch {start} of {cfg.epochs}")
+    for epoch in range(start + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        set_train_mode(s.model, cfg.freeze if cfg.stage == "finetune" else 0)
+        lr = s.optimizer.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), device=s.device)
+        correct = torch.zeros((), device=s.device, dtype=torch.long)
+        seen = 0
+        batches = train_batches(s)
+        for i, idx in enumerate(batches):
+            if cfg.crash_at_epoch == epoch and resume is None and i == len(batches) // 2:
+                raise InjectedFault(f"crash_at_epoch={epoch}: injected fault mid-epoch (test switch)")
+            x, y = make_inputs(s, s.train_x[idx], s.train_y[idx], train=True)
+            step_loss, step_correct = train_step(s, x, y)
+            loss_sum += step_loss
+            correct += step_correct
+            seen += len(y)
+        train_loss = loss_sum.item() / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}; lower lr= (now {cfg.lr})")
+        train_time = time.perf_counter() - t0
+        s.scheduler.step()
+        test_loss, test_acc = evaluate(s)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
+               "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
+               "epoch_time_s": time.perf_counter() - t0, "train_images_per_s": seen / train_time}
+        history.append(row)
+        state = copy.deepcopy({  # a snapshot: the callback may keep it while training goes on
+            "epoch": epoch, "epochs": cfg.epochs, "config": cfg.to_dict(), "model": s.model.state_dict(),
+            "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(), "rng": rng_state(s),
+            "history": history, "data_fingerprint": s.data.fingerprint})
+        on_epoch(row, state)
+        log(f"[{cfg.stage}] epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  train_acc {row['train_acc']:.4f}"
+            f"  test_loss {test_loss:.4f}  test_acc {test_acc:.4f}  lr {lr:.4g}  {row['epoch_time_s']:.1f}s"
+            f"  {row['train_images_per_s']:.0f} img/s")
+    return history

@@ -1,0 +1,48 @@
+"""Bad input to `ablation train`: one line naming the problem, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def ablation(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ablation.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["epochs=-1"], "epochs=-1 is out of range (must be >= 1)"),
+    (["epochs=0"], "epochs=0 is out of range"),
+    (["freeze=9"], "freeze=9 is out of range (must be in [0, 5])"),
+    (["colour=red"], "unknown key 'colour'"),
+    (["epoch=3"], "did you mean 'epochs'?"),
+    (["lr=fast"], "lr must be float, got 'fast'"),
+    (["stem=vit"], "stem='vit' is not one of imagenet, cifar"),
+    (["dataset=mnist"], "dataset='mnist' is not one of cifar10, fashion-mnist, imagefolder"),
+    (["stage=finetune", "init=pretrained"], "init=pretrained needs pretrained_from="),
+    (["epochs"], "override 'epochs' is not key=value"),
+])
+def test_bad_train_input_is_one_line_and_exit_2(tmp_path, args, expected):
+    out = tmp_path / "run"
+    result = ablation("train", *args, "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+    assert not out.exists()
+
+
+def test_missing_dataset_offline_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    result = ablation("train", "dataset=imagefolder", f"data_dir={tmp_path / 'nowhere'}", "--out", str(out))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "data_dir= must hold train" in result.stderr and not out.exists()
+
+
+def test_cuda_request_without_gpu_is_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = ablation("train", "device=cuda", "dataset=fashion-mnist", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "no GPU is visible" in result.stderr and result.stderr.count("\n") == 1

@@ -1,0 +1,110 @@
+"""Data: real Fashion-MNIST, image folders (dirs and zips), subsets, batched augmentation and rotation."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ablation import data as D
+from ablation.config import ConfigError
+from conftest import tiny
+
+
+def test_fashion_mnist_is_real_padded_and_three_channel():
+    d = D.load_data(tiny(train_subset=0, test_subset=0))
+    assert d.train.x.shape == (60000, 3, 32, 32) and d.test.x.shape == (10000, 3, 32, 32)
+    assert d.train.x.dtype == torch.uint8
+    assert torch.equal(torch.bincount(d.train.y), torch.full((10,), 6000))
+    assert d.train.x[:, :, :2].max() == 0 and d.train.x[:, :, -2:].max() == 0  # zero padding rows
+    assert torch.equal(d.train.x[:, 0], d.train.x[:, 2])  # grey repeated
+    assert abs(d.mean[0] - 0.2860 * 28 * 28 / (32 * 32)) < 0.002 and len(d.fingerprint) == 16  # known mean, padded
+
+
+@pytest.mark.parametrize("n", [100, 257, 1000])
+def test_stratified_subset_counts_and_seed(fashion, n):
+    labels = D.load_data(tiny(train_subset=0)).train.y
+    idx = D.stratified_subset(labels, n, seed=3)
+    counts = torch.bincount(labels[idx], minlength=10)
+    assert len(idx) == n == len(set(idx.tolist()))
+    assert counts.max() - counts.min() <= 1
+    assert torch.equal(idx, D.stratified_subset(labels, n, seed=3))
+    assert not torch.equal(idx, D.stratified_subset(labels, n, seed=4))
+
+
+def test_labels_per_class_gives_exact_counts():
+    d = D.load_data(tiny(stage="finetune", labels_per_class=20, train_subset=0))
+    assert torch.equal(torch.bincount(d.train.y, minlength=10), torch.full((10,), 20))
+
+
+def test_labels_per_class_above_dataset_is_a_config_error():
+    with pytest.raises(ConfigError, match="labels_per_class=7000 exceeds the 6000"):
+        D.load_data(tiny(stage="finetune", labels_per_class=7000))
+
+
+@pytest.mark.parametrize("mode", ["random1", "all4"])
+def test_rotating_back_by_the_label_restores_the_image(fashion, mode):
+    x = fashion.train.x[:64]
+    xr, k = D.rotation_batch(x, mode, torch.Generator().manual_seed(0))
+    src = x.repeat_interleave(4, 0) if mode == "all4" else x
+    assert len(xr) == len(k) == len(src)
+    assert set(k.tolist()) == {0, 1, 2, 3}
+    for img, rotated, turns in zip(src, xr, k.tolist()):
+        assert torch.equal(torch.rot90(rotated, -turns, dims=(-2, -1)), img)
+        if turns == 1:  # counter-clockwise: the top row becomes the left column, read bottom-up
+            assert torch.equal(rotated[:, :, 0].flip(-1), img[:, 0, :])
+
+
+def test_augment_is_a_seeded_shifted_crop_or_flip(fashion):
+    x = fashion.train.x[:32]
+    a = D.augment(x, torch.Generator().manual_seed(1))
+    b = D.augment(x, torch.Generator().manual_seed(1))
+    assert a.dtype == torch.uint8 and a.shape == x.shape and torch.equal(a, b)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for img, src in zip(a, padded):  # every output is some 32x32 window of the padded image, maybe flipped
+        windows = src.unfold(1, 32, 1).unfold(2, 32, 1).permute(1, 2, 0, 3, 4).reshape(-1, 3, 32, 32)
+        match = (windows == img).flatten(1).all(1) | (windows.flip(-1) == img).flatten(1).all(1)
+        assert match.any()
+
+
+def _write_tree(root, x, y, classes, as_zip):
+    for split in ("train", "test"):
+        for i, (img, label) in enumerate(zip(x, y)):
+            path = root / split / classes[label] / f"{i:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
+        if as_zip:
+            with zipfile.ZipFile(root / f"{split}.zip", "w") as zf:
+                for p in sorted((root / split).rglob("*.png")):
+                    zf.write(p, p.relative_to(root).as_posix())
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_imagefolder_reads_folders_and_zips_and_caches(tmp_path, fashion, as_zip):
+    x, y = fashion.train.x[:40], fashion.train.y[:40]
+    names = [f"class{i}" for i in range(10)]
+    src = tmp_path / "tree"
+    _write_tree(src, x, y, names, as_zip)
+    if as_zip:
+        import shutil
+
+        for split in ("train", "test"):
+            shutil.rmtree(src / split)
+    cfg = tiny(dataset="imagefolder", data_dir=str(src), cache_dir=str(tmp_path / "cache"), train_subset=0,
+               test_subset=0)
+    d = D.load_data(cfg)
+    order = np.lexsort((np.arange(40), [names[i] for i in y.tolist()]))  # sorted by class, then file
+    assert d.classes == sorted(set(names[i] for i in y.tolist()))
+    assert torch.equal(d.train.x, x[torch.from_numpy(order)])  # PNG is lossless: the very pixels
+    assert [d.classes[i] for i in d.train.y.tolist()] == [names[y[i]] for i in order]
+    assert len(list((tmp_path / "cache").glob("imagefolder-*.pt"))) == 1
+    again = D.load_data(cfg)
+    assert torch.equal(again.train.x, d.train.x) and again.fingerprint == d.fingerprint
+
+
+def test_missing_imagefolder_says_what_to_do(tmp_path):
+    with pytest.raises(D.DataError, match="data_dir= must hold train"):
+        D.load_data(tiny(dataset="imagefolder", data_dir=str(tmp_path)))

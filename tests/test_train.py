@@ -1,0 +1,98 @@
+"""Training: frozen stays frozen, loss falls, resume is bit-identical, one seed gives one result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ablation import rundir
+from ablation.checkpoint import checkpoint_dirs, load_checkpoint
+from ablation.models import FREEZE_GROUPS
+from ablation.train import METRIC_COLUMNS, InjectedFault, build, train
+from conftest import tiny
+
+
+def _states(cfg, resume=None):
+    states = []
+    history = train(cfg, lambda row, state: states.append(state), resume=resume)
+    return history, states
+
+
+@pytest.fixture(scope="module")
+def rotation_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rot")
+    cfg = tiny(stage="rotation", train_subset=512, epochs=3)
+    history = rundir.run(cfg, out, log=lambda _: None)
+    return cfg, out, history
+
+
+def test_short_rotation_run_lowers_the_loss_and_writes_metrics(rotation_run):
+    cfg, out, history = rotation_run
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert lines[0].split(",") == list(METRIC_COLUMNS) and len(lines) == 4
+    assert [d.name for d in checkpoint_dirs(out)] == ["epoch_0003", "epoch_0002"]  # rolling, newest first
+
+
+@pytest.mark.parametrize("freeze", [4, 5])
+def test_frozen_weights_and_batchnorm_buffers_do_not_move(rotation_run, freeze):
+    _, out, _ = rotation_run
+    cfg = tiny(stage="finetune", init="pretrained", pretrained_from=str(out), freeze=freeze, epochs=1)
+    before = build(cfg).model.state_dict()
+    _, states = _states(cfg)
+    after = states[-1]["model"]
+    frozen = tuple(f"{m}." for g in FREEZE_GROUPS[:freeze] for m in g)
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert not {k for k in moved if k.startswith(frozen)}, "a frozen tensor moved"
+    assert "fc.weight" in moved
+    if freeze == 4:
+        assert "layer4.1.bn2.running_mean" in moved  # trained BN does update its statistics
+        assert "layer3.1.bn2.running_mean" not in moved
+    pretrained = load_checkpoint(checkpoint_dirs(out)[0])["model"]
+    assert torch.equal(before["layer1.0.conv1.weight"], pretrained["layer1.0.conv1.weight"])
+
+
+def test_two_runs_with_one_seed_are_identical_and_another_seed_differs():
+    cfg = tiny(stage="finetune", epochs=1)
+    h1, s1 = _states(cfg)
+    h2, s2 = _states(cfg)
+    assert [r["train_loss"] for r in h1] == [r["train_loss"] for r in h2]
+    assert all(torch.equal(s1[-1]["model"][k], s2[-1]["model"][k]) for k in s1[-1]["model"])
+    h3, _ = _states(cfg.replace(seed=1))
+    assert h3[0]["train_loss"] != h1[0]["train_loss"]
+
+
+def test_resume_from_an_epoch_ends_bit_identical_to_an_uninterrupted_run():
+    cfg = tiny(stage="finetune", epochs=3, schedule="cosine")
+    full_history, full = _states(cfg)
+    resumed_history, resumed = _states(cfg, resume=full[0])
+    assert [r["test_loss"] for r in resumed_history] == [r["test_loss"] for r in full_history]
+    for key, value in full[-1]["model"].items():
+        assert torch.equal(value, resumed[-1]["model"][key]), key
+    assert torch.equal(full[-1]["rng"]["data"], resumed[-1]["rng"]["data"])
+
+
+def test_run_dir_resumes_after_a_crash_and_refuses_another_config(tmp_path):
+    cfg = tiny(stage="finetune", epochs=2, crash_at_epoch=2)
+    with pytest.raises(InjectedFault):
+        rundir.run(cfg, tmp_path, log=lambda _: None)
+    assert [d.name for d in checkpoint_dirs(tmp_path)] == ["epoch_0001"]
+    logs = []
+    history = rundir.run(cfg, tmp_path, log=logs.append)
+    assert logs[0] == "resumed from epoch 1 of 2" and [r["epoch"] for r in history] == [1, 2]
+    from ablation.config import ConfigError
+
+    with pytest.raises(ConfigError, match="another config"):
+        rundir.run(cfg.replace(lr=0.1), tmp_path, log=lambda _: None)
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):
+    cfg = tiny(stage="finetune", epochs=2)
+    rundir.run(cfg, tmp_path, log=lambda _: None)
+    newest = checkpoint_dirs(tmp_path)[0] / "state.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated
+    logs = []
+    history = rundir.run(cfg.replace(epochs=2), tmp_path, log=logs.append)
+    assert any("skipping checkpoint" in m and "sha256" in m for m in logs)
+    assert "resumed from epoch 1 of 2" in logs and [r["epoch"] for r in history] == [1, 2]
