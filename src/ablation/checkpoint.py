@@ -81,10 +81,15 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Checkpoint directories of a run, newest epoch first: `ablation train`'s checkpoints/epoch_* and
-    Tune's checkpoint_* (whose numbering can repeat after a restore, so order by the epoch in meta.json)."""
+    """Checkpoint directories of a run, newest first: `ablation train`'s checkpoints/epoch_* and Tune's
+    checkpoint_*."""
     run_dir = Path(run_dir)
-    found = [d for pattern in ("checkpoints/epoch_*", "checkpoint_*") for d in run_dir.glob(pattern) if d.is_dir()]
+    return newest_first([d for pattern in ("checkpoints/epoch_*", "checkpoint_*") for d in run_dir.glob(pattern)
+                         if d.is_dir()])
+
+
+def newest_first(dirs: list[Path]) -> list[Path]:
+    """Order by the epoch in meta.json, not by name: Tune's checkpoint numbering can repeat after a restore."""
 
     def epoch_of(d: Path) -> int:
         try:
@@ -92,7 +97,7 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
         except (CheckpointError, KeyError, ValueError):
             return -1
 
-    return sorted(found, key=lambda d: (epoch_of(d), d.name), reverse=True)
+    return sorted(set(dirs), key=lambda d: (epoch_of(d), d.name), reverse=True)
 
 
 def load_latest(candidates: list[Path], warn=None) -> dict[str, Any] | None:

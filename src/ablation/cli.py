@@ -10,35 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import TrialConfig, UserError, defaults_table, parse_overrides
-
-
-class UsageError(UserError):
-    """Bad input that is not a config key (a path, a flag); one line for the user."""
-
-
-def load_yaml(path: str) -> dict:
-    import yaml
-
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: malformed YAML{where} ({getattr(exc, 'problem', exc)})") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of key: value at the top level")
-    return data
+from .config import TrialConfig, UserError, defaults_table, parse_overrides, read_yaml
 
 
 def cmd_train(args) -> int:
-    values = load_yaml(args.config) if args.config else {}
+    values = read_yaml(args.config) if args.config else {}
     values.update(parse_overrides(args.overrides))
     cfg = TrialConfig.from_dict(values, where=args.config or "train")
     from .rundir import run  # torch is imported only once the config is known to be good
@@ -110,6 +86,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--concurrent", type=int, default=1, help="also run K processes at once on the device")
     b.add_argument("--json", default=None, help="write one JSON object per case to this file")
     b.add_argument("--data", default="fashion-mnist", help="dataset for the harness and naive cases")
+    b.add_argument("--warmup", type=int, default=None, help="untimed steps before each measurement")
+    b.add_argument("--cases", nargs="+", default=None,
+                   help="subset of rotation-random1 rotation-all4 finetune-freeze0 finetune-freeze4 (default all)")
     b.set_defaults(fn=cmd_bench)
     return p
 

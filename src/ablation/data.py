@@ -52,18 +52,35 @@ def load_data(cfg: TrialConfig) -> Data:
     train, test, classes = _LOADERS[cfg.dataset](cfg)
     mean, std = channel_stats(train.x)
     fingerprint = fingerprint_of(train, test)
-    n_classes = len(classes)
     if cfg.stage == "finetune" and cfg.labels_per_class:
-        have = int(torch.bincount(train.y, minlength=n_classes).min())
-        if cfg.labels_per_class > have:
-            raise ConfigError(f"labels_per_class={cfg.labels_per_class} exceeds the {have} images per class "
-                              f"that {cfg.dataset} has; use at most {have}")
+        _check_labels_per_class(cfg, train.y)
         train = take(train, per_class_subset(train.y, cfg.labels_per_class, cfg.data_seed))
     if cfg.train_subset and cfg.train_subset < len(train.y):
         train = take(train, stratified_subset(train.y, cfg.train_subset, cfg.data_seed))
     if cfg.test_subset and cfg.test_subset < len(test.y):
         test = take(test, stratified_subset(test.y, cfg.test_subset, cfg.data_seed + 1))
     return Data(train, test, classes, mean, std, fingerprint)
+
+
+def _check_labels_per_class(cfg: TrialConfig, labels: torch.Tensor) -> None:
+    have = int(torch.bincount(labels).min())
+    if cfg.labels_per_class > have:
+        raise ConfigError(f"labels_per_class={cfg.labels_per_class} exceeds the {have} images per class "
+                          f"that {cfg.dataset} has; use at most {have}")
+
+
+def preflight(cfgs: list[TrialConfig]) -> dict[str, str]:
+    """Load each distinct data source of a study once, before anything is written: a missing dataset or
+    a labels_per_class beyond it fails here. Returns {"dataset:data_dir": fingerprint} for the manifest."""
+    loaded: dict[tuple, tuple] = {}
+    for cfg in cfgs:
+        key = (cfg.dataset, cfg.data_dir if cfg.dataset != "fashion-mnist" else "", cfg.cache_dir)
+        if key not in loaded:
+            train, test, _ = _LOADERS[cfg.dataset](cfg)
+            loaded[key] = (fingerprint_of(train, test), train.y)
+        if cfg.stage == "finetune" and cfg.labels_per_class:
+            _check_labels_per_class(cfg, loaded[key][1])
+    return {f"{d}:{src}" if src else d: fp for (d, src, _), (fp, _) in loaded.items()}
 
 
 def take(split: Split, idx: torch.Tensor) -> Split:

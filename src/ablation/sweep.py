@@ -1,0 +1,198 @@
+"""`ablation sweep`: spec -> plan -> one Ray Tune Tuner per phase under one study dir, resumable.
+
+Why: a grid on a GPU box gets interrupted. Running the same command again must continue the study:
+finished trials are not rerun, interrupted ones continue from their last epoch, errored ones retry.
+Only `Tuner.restore` resumes a Tune experiment (a new Tuner with the same name starts over), so each
+phase is restored when its experiment state exists. Layout of <storage>/<name>/:
+    manifest.json          spec, planned trials, provenance, data copies, one entry per invocation
+    phase1/<trial id>/     Tune trial dirs (progress.csv, result.json, TensorBoard events, checkpoint_*)
+    phase2/<trial id>/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import provenance
+from .checkpoint import write_atomic
+from .config import ConfigError, UserError, read_yaml
+from .spec import PHASES, Spec, Trial, parse_spec, plan
+
+MANIFEST = "manifest.json"
+LOCK = "driver.pid"
+
+
+class StudyError(UserError):
+    """A study that cannot run as asked (spec changed, already running, not a study dir)."""
+
+
+def warn(msg: str) -> None:
+    print(f"ablation: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
+    """`seeds=[0,1]` or `finetune.epochs=3`: values are YAML, dotted keys reach into a block."""
+    raw = json.loads(json.dumps(raw))
+    for key, text in overrides.items():
+        value = yaml.safe_load(text) if text else text
+        *blocks, leaf = key.split(".")
+        target = raw
+        for block in blocks:
+            target = target.setdefault(block, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {key}: '{block}' is not a block of the spec")
+        target[leaf] = value
+    return raw
+
+
+def load_spec(path: str, overrides: dict[str, str] | None = None) -> Spec:
+    return parse_spec(apply_overrides(read_yaml(path), overrides or {}), where=path, base=Path.cwd())
+
+
+def read_manifest(study_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(study_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        raise StudyError(f"{study_dir} is not a study directory (no readable {MANIFEST}); "
+                         f"point at <storage>/<study name>") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_claim(study_dir: Path, spec: Spec, fresh: bool) -> bool:
+    """Refuse a second live driver and a changed spec; True when --fresh must move the old study aside."""
+    lock = study_dir / LOCK
+    if lock.exists():
+        try:
+            pid = int(lock.read_text().split()[0])
+        except (ValueError, IndexError):
+            pid = -1
+        if pid > 0 and pid != os.getpid() and _pid_alive(pid):
+            raise StudyError(f"{study_dir} is being run by process {pid}; wait for it or stop it first")
+    if not (study_dir / MANIFEST).exists() or read_manifest(study_dir).get("spec_digest") == spec.digest:
+        return False
+    if not fresh:
+        raise StudyError(f"the spec of study '{spec.name}' changed since it began ({study_dir}); rerun with "
+                         f"--fresh to keep the old study aside and start over, or give the spec a new name")
+    return True
+
+
+def _move_aside(study_dir: Path) -> None:
+    aside = study_dir.with_name(f"{study_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    study_dir.rename(aside)
+    warn(f"spec changed: moved the old study to {aside} (nothing deleted) and starting over")
+
+
+def _manifest(spec: Spec, spec_path: str, trials: list[Trial], data: dict[str, str], old: dict | None) -> dict:
+    record = provenance.record()
+    runs = (old or {}).get("runs", []) + [{"started": record["time"], "code_version": record["code_version"],
+                                            "host": record["host"], "pid": os.getpid()}]
+    return {"study": spec.name, "description": spec.description, "spec_file": str(Path(spec_path).resolve()),
+            "spec_digest": spec.digest, "spec": spec.raw, "created": (old or {}).get("created", record["time"]),
+            "provenance": (old or {}).get("provenance", record), "data": data,
+            "resources": {"cpu": spec.cpu, "gpu": spec.gpu},
+            "trials": [{"id": t.id, "phase": t.phase, "config": t.config.to_dict()} for t in trials],
+            "runs": runs}
+
+
+def _save_manifest(study_dir: Path, manifest: dict) -> None:
+    write_atomic(study_dir / MANIFEST, json.dumps(manifest, indent=1))
+
+
+def run_study(spec_path: str, storage: str = "results/studies", address: str | None = None, fresh: bool = False,
+              overrides: dict[str, str] | None = None) -> int:
+    spec = load_spec(spec_path, overrides)
+    if "://" in storage:
+        raise StudyError(f"--storage {storage}: URI storage is not supported yet; use a path that every node "
+                         f"mounts (NFS or similar), see README 'Many machines'")
+    study_dir = Path(storage).expanduser().resolve() / spec.name
+    trials = plan(spec, study_dir)
+    move_aside = study_dir.exists() and _check_claim(study_dir, spec, fresh)
+    from .data import preflight  # torch: only once the spec is known to be good
+
+    data = preflight([t.config for t in trials])  # missing data fails before anything is written
+    if move_aside:
+        _move_aside(study_dir)
+    gpu = _start_ray(address, spec.gpu)
+    old = read_manifest(study_dir) if (study_dir / MANIFEST).exists() else None
+    study_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(study_dir / LOCK, f"{os.getpid()}\n")
+    manifest = _manifest(spec, spec_path, trials, data, old)
+    _save_manifest(study_dir, manifest)
+    print(f"study {spec.name}: {len(trials)} trials -> {study_dir}", flush=True)
+    failed: list[str] = []
+    try:
+        for phase in PHASES:
+            members = [t for t in trials if t.phase == phase]
+            if members:
+                failed += run_phase(study_dir, phase, members, spec, gpu)
+            if failed:
+                break  # phase 2 needs every pretraining of phase 1
+    finally:
+        manifest["runs"][-1]["ended"] = provenance.now()
+        manifest["runs"][-1]["outcome"] = "failed: " + ", ".join(failed) if failed else "finished"
+        _save_manifest(study_dir, manifest)
+        (study_dir / LOCK).unlink(missing_ok=True)
+    if failed:
+        print(f"ablation: {len(failed)} trial(s) failed after retries: {', '.join(failed)}; see error.txt in their "
+              f"trial dirs, then rerun the same command to retry them", file=sys.stderr)
+        return 1
+    print(f"study {spec.name} finished; next: ablation report {study_dir}", flush=True)
+    return 0
+
+
+def _start_ray(address: str | None, gpu: float) -> float:
+    """Join or start Ray; a GPU request with no GPU in the cluster is dropped (Ray would wait forever)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    if gpu and not ray.cluster_resources().get("GPU", 0):
+        warn(f"resources.gpu={gpu} asked, but this Ray cluster has no GPU: running every trial on CPU")
+        return 0.0
+    return gpu
+
+
+def run_phase(study_dir: Path, phase: str, trials: list[Trial], spec: Spec, gpu: float) -> list[str]:
+    """Run (or restore and continue) one phase's Tune experiment; returns the ids of trials that failed."""
+    from ray import tune
+
+    from .trainable import run_trial
+
+    trainable = tune.with_resources(run_trial, {"cpu": spec.cpu, "gpu": gpu})
+    path = study_dir / phase
+    if tune.Tuner.can_restore(str(path)):
+        print(f"{phase}: resuming {path}", flush=True)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        configs = [{"id": t.id, "config": t.config.to_dict(), "dir": str(path / t.id), "gpu": gpu} for t in trials]
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(configs)},
+            tune_config=tune.TuneConfig(trial_name_creator=_trial_id, trial_dirname_creator=_trial_id,
+                                        max_concurrent_trials=spec.max_concurrent or None),
+            run_config=tune.RunConfig(name=phase, storage_path=str(study_dir), verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+        )
+    results = tuner.fit()
+    return sorted(r.config["trial"]["id"] for r in results if r.error)
+
+
+def _trial_id(trial) -> str:
+    return trial.config["trial"]["id"]

@@ -1,0 +1,50 @@
+"""The Ray Tune trainable: the only training-side module that touches Ray.
+
+Why: Tune gives scheduling, retries and checkpoint bookkeeping; the training itself stays in train.py.
+Config in (one planned trial), one `tune.report(metrics, checkpoint=...)` per epoch out. On (re)start the
+trial resumes from the newest checkpoint that verifies, looking both at what Tune hands back and at its
+own trial directory, because Tune's experiment snapshot can lag the last reported epoch after a SIGKILL.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from .checkpoint import checkpoint_dirs, load_latest, newest_first, save_checkpoint
+from .config import TrialConfig
+from .train import train
+
+
+def run_trial(param: dict[str, Any]) -> None:
+    """param["trial"] = {"id", "config" (TrialConfig dict), "dir" (the trial's storage dir), "gpu" (fraction)}."""
+    config = param["trial"]
+    cfg = TrialConfig.from_dict(config["config"])
+    if config.get("gpu") and cfg.device != "cpu":
+        import torch
+
+        if torch.cuda.is_available():  # a fractional GPU also caps this trial's share of its memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, float(config["gpu"])))
+    resume = _resume_state(Path(config["dir"]) if config.get("dir") else None)
+
+    def on_epoch(row: dict[str, Any], state: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(Path(tmp), state)
+            tune.report({**row, "trial_id": config["id"], "epochs": cfg.epochs,
+                         "data_fingerprint": state["data_fingerprint"]},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    train(cfg, on_epoch, resume=resume, log=lambda msg: print(f"[{config['id']}] {msg}", flush=True))
+
+
+def _resume_state(trial_dir: Path | None) -> dict[str, Any] | None:
+    """Newest verified state among the trial dir's checkpoints and the one Tune restored (if any)."""
+    local = checkpoint_dirs(trial_dir) if trial_dir and trial_dir.exists() else []
+    given = tune.get_checkpoint()
+    if given is None or Path(given.path).exists():
+        return load_latest(newest_first(local + ([Path(given.path)] if given else [])))
+    with given.as_directory() as fetched:  # remote storage: Tune's checkpoint is fetched to a temp dir
+        return load_latest(newest_first(local + [Path(fetched)]))
