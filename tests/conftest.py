@@ -31,3 +31,25 @@ def fashion():
     from ablation import data
 
     return data.load_data(tiny())
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every in-process sweep test (ray.init costs ~5-8 s here)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def write_spec(path, **over):
+    """A study spec small enough for tests: 128 Fashion-MNIST images, batch 64, CPU."""
+    import yaml
+
+    spec = {"name": "t", "dataset": "fashion-mnist", "train_subset": 128, "test_subset": 64, "batch_size": 64,
+            "eval_batch_size": 256, "device": "cpu", "pretrain": {"epochs": 2}, "finetune": {"epochs": 2},
+            "seeds": [0, 1], "init": ["pretrained", "random"], "freeze": [4, 0], "resources": {"cpu": 1, "gpu": 0}}
+    spec.update(over)
+    path.write_text(yaml.safe_dump(spec))
+    return path

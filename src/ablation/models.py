@@ -7,6 +7,8 @@ for the frozen modules; loading asserts which keys were left out.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torchvision
 from torch import nn
@@ -67,3 +69,12 @@ def load_backbone(model: nn.Module, backbone: dict[str, torch.Tensor]) -> None:
     if set(result.missing_keys) != HEAD_KEYS or result.unexpected_keys:
         raise ValueError(f"pretrained backbone keys do not match: missing {sorted(result.missing_keys)}, "
                          f"unexpected {sorted(result.unexpected_keys)}")
+
+
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    """Short sha256 over tensors in key order: proves which weights a run started from or ended with."""
+    h = hashlib.sha256()
+    for key in sorted(weights):
+        h.update(key.encode())
+        h.update(weights[key].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -110,6 +110,7 @@ def parse_spec(raw: dict[str, Any], where: str, base: Path | None = None) -> Spe
     for key in ("max_failures", "max_concurrent"):
         if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 0):
             raise ConfigError(f"{where}: {key} must be an integer >= 0, got {raw[key]!r}")
+    common.setdefault("data_dir", TrialConfig.data_dir)  # the default is relative too
     spec = Spec(name=name, raw=json.loads(json.dumps(raw, default=str)), common=_absolute(common, base),
                 pretrain=_absolute(_block(raw.get("pretrain"), f"{where}: pretrain"), base),
                 finetune=_absolute(_block(raw.get("finetune"), f"{where}: finetune"), base),

@@ -6,24 +6,11 @@ and what failed, without starting anything.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from .results import read_results
 from .sweep import LOCK, _pid_alive, read_manifest
-
-
-def read_results(trial_dir: Path) -> list[dict[str, Any]]:
-    """Tune's result.json rows of one trial (one per reported epoch, resumes included)."""
-    rows = []
-    path = trial_dir / "result.json"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                pass  # a line torn by a kill
-    return rows
 
 
 def driver_pid(study_dir: Path) -> int | None:

@@ -21,7 +21,7 @@ from torch import nn
 from . import data as D
 from .checkpoint import resolve_pretrained
 from .config import ConfigError, TrialConfig
-from .models import apply_freeze, build_model, load_backbone, set_train_mode
+from .models import apply_freeze, build_model, load_backbone, set_train_mode, weights_digest
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
                   "train_images_per_s")
@@ -61,6 +61,7 @@ class Setup:
     data: D.Data
     bf16: bool
     channels_last: bool
+    pretrained_digest: str = ""  # weights_digest of the loaded backbone, "" for random init
 
 
 def build(cfg: TrialConfig, data: D.Data | None = None) -> Setup:
@@ -70,8 +71,11 @@ def build(cfg: TrialConfig, data: D.Data | None = None) -> Setup:
     data = data or D.load_data(cfg)
     outputs = 4 if cfg.stage == "rotation" else len(data.classes)
     model = build_model(cfg.stem, outputs)
+    pretrained_digest = ""
     if cfg.stage == "finetune" and cfg.init == "pretrained":
-        load_backbone(model, resolve_pretrained(cfg.pretrained_from))
+        backbone = resolve_pretrained(cfg.pretrained_from)
+        load_backbone(model, backbone)
+        pretrained_digest = weights_digest(backbone)
     apply_freeze(model, cfg.freeze if cfg.stage == "finetune" else 0)
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -88,7 +92,7 @@ def build(cfg: TrialConfig, data: D.Data | None = None) -> Setup:
     return Setup(cfg, device, model, forward, optimizer, scheduler,
                  torch.Generator(device=device).manual_seed(cfg.seed),
                  data.train.x.to(device), data.train.y.to(device), data.test.x.to(device), data.test.y.to(device),
-                 as_stat(data.mean), as_stat(data.std), data, bf16, channels_last)
+                 as_stat(data.mean), as_stat(data.std), data, bf16, channels_last, pretrained_digest)
 
 
 def _autocast(s: Setup):
@@ -203,7 +207,7 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
         state = copy.deepcopy({  # a snapshot: the callback may keep it while training goes on
             "epoch": epoch, "epochs": cfg.epochs, "config": cfg.to_dict(), "model": s.model.state_dict(),
             "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(), "rng": rng_state(s),
-            "history": history, "data_fingerprint": s.data.fingerprint})
+            "history": history, "data_fingerprint": s.data.fingerprint, "pretrained_digest": s.pretrained_digest})
         on_epoch(row, state)
         log(f"[{cfg.stage}] epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  train_acc {row['train_acc']:.4f}"
             f"  test_loss {test_loss:.4f}  test_acc {test_acc:.4f}  lr {lr:.4g}  {row['epoch_time_s']:.1f}s"

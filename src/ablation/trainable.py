@@ -16,6 +16,7 @@ from ray import tune
 
 from .checkpoint import checkpoint_dirs, load_latest, newest_first, save_checkpoint
 from .config import TrialConfig
+from .results import read_results
 from .train import train
 
 
@@ -28,14 +29,25 @@ def run_trial(param: dict[str, Any]) -> None:
 
         if torch.cuda.is_available():  # a fractional GPU also caps this trial's share of its memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, float(config["gpu"])))
-    resume = _resume_state(Path(config["dir"]) if config.get("dir") else None)
+    trial_dir = Path(config["dir"]) if config.get("dir") else None
+    resume = _resume_state(trial_dir)
+
+    def metrics(row: dict[str, Any], state: dict[str, Any], replayed: bool) -> dict[str, Any]:
+        return {**row, "trial": config["id"], "epochs": cfg.epochs, "replayed": replayed,
+                "data_fingerprint": state["data_fingerprint"], "pretrained_digest": state["pretrained_digest"]}
 
     def on_epoch(row: dict[str, Any], state: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp), state)
-            tune.report({**row, "trial_id": config["id"], "epochs": cfg.epochs,
-                         "data_fingerprint": state["data_fingerprint"]},
-                        checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report(metrics(row, state, False), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    if resume is not None and trial_dir is not None:
+        # A driver killed after an epoch's checkpoint was stored but before its row was logged leaves
+        # result.json short: log those rows again from the checkpoint's history, marked as replayed.
+        logged = {r.get("epoch") for r in read_results(trial_dir)}
+        for row in resume["history"]:
+            if row["epoch"] not in logged:
+                tune.report(metrics(row, resume, True))
 
     train(cfg, on_epoch, resume=resume, log=lambda msg: print(f"[{config['id']}] {msg}", flush=True))
 

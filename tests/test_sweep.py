@@ -1,0 +1,144 @@
+"""Sweeps through the real Ray: a tiny grid completes, pretrained trials use their own seed's backbone,
+a crashed trial is retried from its checkpoint, a SIGKILLed driver is resumed by rerunning the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ablation.checkpoint import checkpoint_dirs, load_checkpoint
+from ablation.models import weights_digest
+from ablation.status import read_results, trial_states
+from ablation.sweep import run_study
+from conftest import write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def rows_by_trial(study: Path) -> dict[str, list[dict]]:
+    manifest = json.loads((study / "manifest.json").read_text())
+    return {t["id"]: read_results(study / t["phase"] / t["id"]) for t in manifest["trials"]}
+
+
+def final_state(study: Path, phase: str, trial: str) -> dict:
+    return load_checkpoint(checkpoint_dirs(study / phase / trial)[0])
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("studies")
+    spec = write_spec(root / "t.yaml")
+    assert run_study(str(spec), storage=str(root)) == 0
+    return root / "t"
+
+
+def test_tiny_grid_completes_with_every_trial_finished(tiny_study):
+    states = trial_states(tiny_study)
+    assert len(states) == 2 + 2 * 2 * 2  # a rotation run per seed + seeds x init x freeze
+    assert {s["state"] for s in states} == {"finished"}
+    for trial, rows in rows_by_trial(tiny_study).items():
+        assert [r["epoch"] for r in rows] == [1, 2], trial  # nothing trained twice
+    manifest = json.loads((tiny_study / "manifest.json").read_text())
+    assert manifest["runs"][-1]["outcome"] == "finished" and manifest["data"]["fashion-mnist"]
+    assert manifest["provenance"]["code_version"] and manifest["spec_digest"]
+
+
+def test_pretrained_trials_loaded_their_own_seeds_backbone(tiny_study):
+    rotation = {seed: weights_digest({k: v for k, v in final_state(tiny_study, "phase1", f"rot-imagenet-s{seed}")
+                                      ["model"].items() if not k.startswith("fc.")}) for seed in (0, 1)}
+    assert rotation[0] != rotation[1]
+    for trial, rows in rows_by_trial(tiny_study).items():
+        if "-pretrained-" in trial:
+            seed = int(trial.rsplit("-s", 1)[1])
+            assert rows[0]["pretrained_digest"] == rotation[seed], trial
+        elif trial.startswith("ft-"):
+            assert rows[0]["pretrained_digest"] == ""
+
+
+def test_rerunning_a_finished_study_trains_nothing(tiny_study, ray_session):
+    before = {t: len(r) for t, r in rows_by_trial(tiny_study).items()}
+    assert run_study(str(write_spec(tiny_study.parent / "t.yaml")), storage=str(tiny_study.parent)) == 0
+    assert {t: len(r) for t, r in rows_by_trial(tiny_study).items()} == before
+
+
+def test_a_trial_that_crashes_once_finishes_from_its_checkpoint(tmp_path, ray_session):
+    spec = write_spec(tmp_path / "c.yaml", name="crash", seeds=[0], init=["random"], freeze=[0],
+                      finetune={"epochs": 3, "crash_at_epoch": 2})
+    assert run_study(str(spec), storage=str(tmp_path)) == 0
+    trial_dir = tmp_path / "crash" / "phase1" / "ft-imagenet-random-f0-lpc0-lrbase-s0"
+    rows = read_results(trial_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # epoch 1 came from the checkpoint, not retrained
+    clean = write_spec(tmp_path / "n.yaml", name="clean", seeds=[0], init=["random"], freeze=[0],
+                       finetune={"epochs": 3})
+    assert run_study(str(clean), storage=str(tmp_path)) == 0
+    clean_rows = read_results(tmp_path / "clean" / "phase1" / "ft-imagenet-random-f0-lpc0-lrbase-s0")
+    assert [r["test_loss"] for r in rows] == [r["test_loss"] for r in clean_rows]  # resumed run is exact
+
+
+def test_gpu_request_on_a_cpu_machine_runs_on_cpu_after_one_warning(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    spec = write_spec(tmp_path / "g.yaml", name="gpu", seeds=[0], init=["random"], freeze=[5],
+                      finetune={"epochs": 1}, resources={"cpu": 1, "gpu": 0.5})
+    result = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("ablation: warning:")]
+    assert len(warnings) == 1 and "no GPU" in warnings[0]
+    assert {s["state"] for s in trial_states(tmp_path / "gpu")} == {"finished"}
+
+
+# ------------------------------------------------------------------------------------------ driver kills
+
+
+def start_driver(spec: Path, storage: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(storage)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_driver(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver only, as `kill -9 PID` would; Ray's reaper takes its local cluster down."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(3)  # let the orphaned workers notice
+
+
+def finished_trials(study: Path) -> dict[str, int]:
+    if not (study / "manifest.json").exists():
+        return {}
+    return {s["id"]: len(read_results(study / ("phase2" if "-pretrained-" in s["id"] else "phase1") / s["id"]))
+            for s in trial_states(study) if s["state"] == "finished"}
+
+
+def test_sigkilled_driver_resumes_and_finished_trials_do_not_train_again(tmp_path):
+    spec = write_spec(tmp_path / "k.yaml", name="kill", seeds=[0], freeze=[4, 0], pretrain={"epochs": 3},
+                      finetune={"epochs": 3})
+    study = tmp_path / "kill"
+    proc = start_driver(spec, tmp_path)
+    deadline = time.time() + 600
+    while not finished_trials(study) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the study ended before it could be killed"
+    kill_driver(proc)
+    done_at_kill = finished_trials(study)
+    assert done_at_kill
+    rerun = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(tmp_path)],
+                           capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rows = rows_by_trial(study)
+    assert {t: len(rows[t]) for t in done_at_kill} == done_at_kill  # not one more epoch
+    for trial, trial_rows in rows.items():  # every epoch logged exactly once as trained or replayed
+        assert sorted({r["epoch"] for r in trial_rows}) == [1, 2, 3], trial
+    assert {s["state"] for s in trial_states(study)} == {"finished"}
+    trained = sum(1 for r in rows.values() for row in r if not row.get("replayed"))
+    extra = trained - 3 * len(rows)
+    assert 0 <= extra <= 2, f"{extra} epochs retrained; at most one per trial running at the kill (2 slots)"
