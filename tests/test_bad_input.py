@@ -1,0 +1,87 @@
+"""Bad input to `ablation sweep / status / report`: one line naming the problem and the fix, exit code 2,
+and no study directory created or changed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_spec
+
+
+def ablation(*args):
+    return subprocess.run([sys.executable, "-m", "ablation.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def snapshot(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def assert_one_line_exit_2(result, expected):
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+    assert result.stderr.startswith("ablation: error: ")
+
+
+CASES = {
+    "unknown key suggests": ({"finetune": {"epoch": 3}}, "unknown key 'epoch' (did you mean 'epochs'?)"),
+    "unknown top-level key": ({"seed": [0]}, "'seed' is set by the study's axes"),
+    "wrong type": ({"finetune": {"lr": "fast"}}, "lr must be float, got 'fast'"),
+    "negative epochs": ({"pretrain": {"epochs": -2}}, "epochs=-2 is out of range (must be >= 1)"),
+    "zero epochs": ({"finetune": {"epochs": 0}}, "epochs=0 is out of range"),
+    "freeze outside 0-5": ({"freeze": [4, 6]}, "freeze=6 is out of range (must be in [0, 5])"),
+    "unknown dataset": ({"dataset": "imagenet"}, "dataset='imagenet' is not one of cifar10, fashion-mnist"),
+    "gpu above 1": ({"resources": {"cpu": 1, "gpu": 1.5}}, "resources.gpu=1.5 must be a fraction of one GPU"),
+    "gpu below 0": ({"resources": {"cpu": 1, "gpu": -0.25}}, "resources.gpu=-0.25 must be a fraction"),
+    "name with separator": ({"name": "a/b"}, "name must be a plain directory name (no path separator)"),
+    "labels per class above dataset": ({"labels_per_class": [100, 7000]},
+                                       "labels_per_class=7000 exceeds the 6000 images per class"),
+    "dataset missing offline": ({"dataset": "imagefolder", "data_dir": "/nonexistent/cifar"},
+                                "data_dir= must hold train/<class>/* and test/<class>/*"),
+    "unknown init": ({"init": ["pretrained", "imagenet"]}, "init='imagenet' is not one of pretrained, random"),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_bad_spec_is_refused_before_anything_is_written(tmp_path, case):
+    over, expected = CASES[case]
+    spec = write_spec(tmp_path / "s.yaml", **over)
+    storage = tmp_path / "studies"
+    assert_one_line_exit_2(ablation("sweep", str(spec), "--storage", str(storage)), expected)
+    assert not storage.exists()
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: t\nseeds: [0, 1\nfreeze: [4]\n")
+    assert_one_line_exit_2(ablation("sweep", str(spec), "--storage", str(tmp_path / "st")), "malformed YAML at line")
+    assert not (tmp_path / "st").exists()
+
+
+def test_missing_spec_file(tmp_path):
+    assert_one_line_exit_2(ablation("sweep", str(tmp_path / "none.yaml")), "cannot read")
+
+
+def test_a_spec_changed_since_the_study_began_is_refused(tmp_path):
+    storage = tmp_path / "studies"
+    study = storage / "t"
+    study.mkdir(parents=True)
+    from ablation.sweep import load_spec
+
+    old = load_spec(str(write_spec(tmp_path / "old.yaml")))
+    (study / "manifest.json").write_text(json.dumps({"spec_digest": old.digest, "trials": []}))
+    before = snapshot(study)
+    spec = write_spec(tmp_path / "new.yaml", seeds=[0, 1, 2])
+    assert_one_line_exit_2(ablation("sweep", str(spec), "--storage", str(storage)),
+                           "the spec of study 't' changed since it began")
+    assert snapshot(study) == before
+
+
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_status_and_report_refuse_a_directory_that_is_not_a_study(tmp_path, command):
+    before = snapshot(tmp_path)
+    assert_one_line_exit_2(ablation(command, str(tmp_path)), "is not a study directory")
+    assert snapshot(tmp_path) == before
