@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .atomic import write_atomic
 from .config import UserError
 
 STATE_FILE = "state.pt"
@@ -32,17 +33,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write via a temp file in the same directory, fsync, then rename: readers see old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:

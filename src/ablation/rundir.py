@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import provenance
-from .checkpoint import checkpoint_dirs, load_latest, save_checkpoint, write_atomic
+from .atomic import write_atomic
+from .checkpoint import checkpoint_dirs, load_latest, save_checkpoint
 from .config import ConfigError, TrialConfig
 from .train import METRIC_COLUMNS, train
 

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from . import provenance
-from .checkpoint import write_atomic
+from .atomic import write_atomic
 from .config import ConfigError, UserError, read_yaml
 from .spec import PHASES, Spec, Trial, parse_spec, plan
 

@@ -1,0 +1,16 @@
+"""Analysis of a study directory: tidy frames, tables (Markdown, LaTeX, CSV), figures and report.md.
+
+Imports pandas, numpy, scipy, matplotlib and seaborn only (never torch or Ray), so a report can be
+written on any machine that holds the study's files, while the sweep runs elsewhere.
+
+    frames     study dir -> epochs and trials frames
+    stats      t-intervals over seeds, paired t-test
+    reference  the original report's numbers
+    tables     numeric summary tables;  render: their Markdown / LaTeX text
+    figures    PNG + SVG figures;        findings: header and sentences of report.md
+    build      write_report: everything under <study>/report/
+"""
+
+from .build import write_report
+
+__all__ = ["write_report"]

@@ -1,0 +1,77 @@
+"""`ablation report STUDY`: frames, tables, figures and report.md under STUDY/report/, each file atomically.
+
+Why: one command turns a study directory (finished or not) into everything a write-up needs, in seconds,
+without torch or Ray, and can be rerun at any time while the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from ..atomic import write_atomic
+from . import render
+from .figures import write_figures
+from .findings import findings, header, trial_state
+from .frames import load_study
+from .tables import Table, build_tables
+
+TRIAL_COLUMNS = ["trial", "state", "best acc (%)", "final acc (%)", "wall time (s)"]  # the id names the config
+
+
+def write_frame(frame: pd.DataFrame, outdir: Path, name: str) -> None:
+    write_atomic(outdir / f"{name}.csv", frame.to_csv(index=False))
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    write_atomic(outdir / f"{name}.parquet", buf.getvalue())
+
+
+def write_table(table: Table, outdir: Path) -> None:
+    write_atomic(outdir / f"{table.name}.csv", table.frame.to_csv(index=False))
+    write_atomic(outdir / f"{table.name}.md", render.markdown(table))
+    write_atomic(outdir / f"{table.name}.tex", render.latex(table))
+
+
+def trials_table(trials: pd.DataFrame) -> Table:
+    """Every planned trial with its state (finished / unfinished k/N epochs / missing)."""
+    frame = trials.assign(**{"state": trials.apply(trial_state, axis=1), "best acc (%)": trials["best_test_acc"] * 100,
+                             "final acc (%)": trials["final_test_acc"] * 100, "wall time (s)": trials["wall_time_s"]})
+    return Table("trial_states", "Trials", frame[TRIAL_COLUMNS], ["best / final = test accuracy at the best / last "
+                                                                  "reported epoch; wall time = sum of epoch times."])
+
+
+def report_text(manifest: dict, epochs: pd.DataFrame, trials: pd.DataFrame, tables: list[Table],
+                figures: list[tuple[str, str]]) -> str:
+    lines = [f"# Ablation report: {manifest.get('study', '?')}", "", *header(manifest, trials, epochs), "",
+             "## Findings", "", *(f"- {s}" for s in findings(trials, tables)), "", "## Tables", "",
+             "Each table is also in `tables/` as Markdown, LaTeX (`.tex`) and CSV; the tidy per-epoch and per-trial "
+             "data are `tables/epochs.{csv,parquet}` and `tables/trials.{csv,parquet}`.", ""]
+    for table in tables:
+        lines += [render.markdown(table), ""]
+    lines += ["## Figures", ""]
+    for name, title in figures:
+        lines += [f"### {title}", "", f"![{title}](figures/{name}.png)", "", f"SVG: `figures/{name}.svg`", ""]
+    if not figures:
+        lines += ["No figures: no trial has reported an epoch yet.", ""]
+    lines += [render.markdown(trials_table(trials), level=2)]
+    return "\n".join(lines)
+
+
+def write_report(study_dir: Path) -> Path:
+    """Write STUDY/report/{report.md, tables/, figures/}; returns the path of report.md."""
+    study_dir = Path(study_dir)
+    manifest, epochs, trials = load_study(study_dir)
+    out = study_dir / "report"
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    write_frame(epochs, out / "tables", "epochs")
+    write_frame(trials, out / "tables", "trials")
+    tables = build_tables(trials)
+    for table in tables:
+        write_table(table, out / "tables")
+    effect = next((t.frame for t in tables if t.name == "pretraining_effect"), pd.DataFrame())
+    figures = write_figures(epochs, trials, effect, out / "figures")
+    write_atomic(out / "report.md", report_text(manifest, epochs, trials, tables, figures))
+    return out / "report.md"

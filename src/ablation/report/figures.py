@@ -1,0 +1,196 @@
+"""Figures of a study (PNG and SVG): learning curves, rotation curve, accuracy by freeze depth and by
+labels per class, and the pretrained - random gap.
+
+Why: the tables give the numbers, the figures show the shape (is training converged, does the gap grow
+with freeze depth). Bands and error bars are the same 95% t-intervals over seeds as the tables. Figures
+are drawn on matplotlib's Agg canvas without pyplot (no global state, no display needed); a figure whose
+data is absent (no rotation trials, one label count) is skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from ..atomic import write_atomic
+from . import render
+from .stats import Interval, t_interval
+from .tables import FINAL, GAP_BEST, GAP_FINAL, INITS, BEST
+
+COLORS = dict(zip(INITS, sns.color_palette("colorblind", len(INITS))))
+METRIC_STYLE = {BEST.column: ("best epoch", "-"), FINAL.column: ("final epoch", "--")}
+ALL_LABELS_LS = {"-": ":", "--": "-."}
+ACC = "test accuracy (%)"
+
+
+def variants(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Panel or line label of each row (render.variants as a Series on the frame's index)."""
+    return pd.Series(render.variants(frame, keys), index=frame.index, dtype=object)
+
+
+def _grid(nrows: int, ncols: int, title: str):
+    width = max(4.4 * ncols + 0.8, 7.5)
+    fig = Figure(figsize=(width, 3.6 * nrows + 0.8), layout="constrained")
+    with sns.axes_style("whitegrid"):
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    fig.suptitle(textwrap.fill(title, int(width * 9)))
+    return fig, axes
+
+
+def _band(ax, frame: pd.DataFrame, x: str, y: str, **style) -> None:
+    """Mean of y (fraction -> %) per x with its 95% t-band over seeds."""
+    xs, ivs = zip(*((xv, t_interval(g[y] * 100)) for xv, g in frame.groupby(x)))
+    ax.plot(xs, [iv.mean for iv in ivs], marker="o", **style)
+    ax.fill_between(xs, [iv.low for iv in ivs], [iv.high for iv in ivs], alpha=0.2, color=style.get("color"), lw=0)
+
+
+def _errorbars(ax, xs, ivs: list[Interval], **style) -> None:
+    """Means with 95% CI bars (a mean without an interval is drawn without a bar)."""
+    means = np.array([iv.mean for iv in ivs])
+    err = np.nan_to_num([means - [iv.low for iv in ivs], [iv.high for iv in ivs] - means])
+    ax.errorbar(xs, means, yerr=err, marker="o", capsize=4, **style)
+
+
+def _label(ax, title: str, xlabel: str, ylabel: str, legend_title: str | None = None, limit: float = 100) -> None:
+    """Titles, axis labels and legend; y clipped to [-limit or 0, limit] (few seeds give wide t-intervals)."""
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, 0 if "accuracy (%)" in ylabel else -limit), min(high, limit))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(title=legend_title, fontsize="small")
+
+
+def learning_curves(epochs, trials, effect):
+    ft = epochs[epochs["stage"] == "finetune"]
+    if ft.empty:
+        return None
+    ft = ft.assign(variant=variants(ft, ["stem", "labels_per_class", "lr"]))
+    freezes, rows = sorted(ft["freeze"].unique(), reverse=True), sorted(ft["variant"].unique())
+    fig, axes = _grid(len(rows), len(freezes), "Fine-tuning test accuracy per epoch (mean and 95% CI over seeds)")
+    for i, variant in enumerate(rows):
+        for j, freeze in enumerate(freezes):
+            ax, cell = axes[i][j], ft[(ft["variant"] == variant) & (ft["freeze"] == freeze)]
+            for init, g in cell.groupby("init"):
+                _band(ax, g, "epoch", "test_acc", label=init, color=COLORS.get(init))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _label(ax, ", ".join(filter(None, [f"freeze {freeze}", variant])), "epoch", ACC, "init")
+    return fig
+
+
+def rotation_curve(epochs, trials, effect):
+    rot = epochs[epochs["stage"] == "rotation"]
+    if rot.empty:
+        return None
+    rot = rot.assign(variant=variants(rot, ["stem", "labels_per_class", "lr"]))
+    fig, axes = _grid(1, 1, "Rotation pretraining test accuracy per epoch (mean and 95% CI over seeds)")
+    ax = axes[0][0]
+    for variant, g in rot.groupby("variant"):
+        _band(ax, g, "epoch", "test_acc", label=variant or "rotation")
+    ax.axhline(25, color="grey", ls=":", label="chance (4 rotations)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _label(ax, "", "epoch", "rotation " + ACC)
+    return fig
+
+
+def _accuracy_by(trials: pd.DataFrame, x: str, panel_keys: list[str], title: str, xlabel: str, log: bool = False):
+    """Best- and final-epoch accuracy (mean, 95% CI) against x, a line per init and metric, a panel per variant.
+    On a log axis, x = 0 ("all labels") is drawn as a horizontal line instead of a point."""
+    done = trials[(trials["stage"] == "finetune") & trials["finished"]]
+    if done.empty:
+        return None
+    done = done.assign(variant=variants(done, panel_keys))
+    if log:  # a panel needs a point on the log axis
+        done = done[done.groupby("variant")[x].transform("max") > 0]
+    if done.empty:
+        return None
+    panels = sorted(done["variant"].unique())
+    fig, axes = _grid(1, len(panels), title)
+    for ax, variant in zip(axes[0], panels):
+        for init, g in done[done["variant"] == variant].groupby("init"):
+            points = g[g[x] > 0] if log else g
+            cells = sorted(points[x].unique())
+            for k, (column, (name, ls)) in zip((-1, 1), METRIC_STYLE.items()):  # best / final side by side
+                xs = [c * (1 + 0.04 * k) if log else c + 0.06 * k for c in cells]
+                _errorbars(ax, xs, [t_interval(points.loc[points[x] == c, column] * 100) for c in cells],
+                           color=COLORS.get(init), ls=ls, label=f"{init}, {name}")
+                if log and (g[x] == 0).any():
+                    ax.axhline(g.loc[g[x] == 0, column].mean() * 100, color=COLORS.get(init), lw=1,
+                               ls=ALL_LABELS_LS[ls], label=f"{init}, {name}, all labels")
+        if log:
+            ax.set_xscale("log")
+        ticks = sorted(v for v in done[x].unique() if v > 0 or not log)
+        ax.set_xticks(ticks, [render.fmt(x, v) for v in ticks])
+        ax.minorticks_off()
+        _label(ax, variant, xlabel, ACC, "init, epoch")
+    return fig
+
+
+def accuracy_by_freeze(epochs, trials, effect):
+    return _accuracy_by(trials, "freeze", ["stem", "labels_per_class", "lr"],
+                        "Test accuracy by freeze depth (mean and 95% CI over seeds)",
+                        "freeze depth (frozen groups of stem, layer1-4; 0 = full fine-tuning)")
+
+
+def accuracy_by_labels(epochs, trials, effect):
+    if trials.loc[trials["stage"] == "finetune", "labels_per_class"].nunique() < 2:
+        return None
+    return _accuracy_by(trials, "labels_per_class", ["stem", "lr", "freeze"],
+                        "Test accuracy by labels per class (mean and 95% CI over seeds)",
+                        "labels per class (log scale)", log=True)
+
+
+def _interval(row: pd.Series, label: str) -> Interval:
+    return Interval(int(row["n pairs"]), *(row[f"{label} {s}"] for s in ("mean", "std", "CI low", "CI high")))
+
+
+def pretraining_gap(epochs, trials, effect):
+    if effect.empty or not effect["n pairs"].any():
+        return None
+    effect = effect.assign(variant=variants(effect, ["stem", "labels_per_class", "lr"]))
+    fig, axes = _grid(1, 1, "Effect of rotation pretraining: pretrained - random (mean and 95% CI, paired by seed)")
+    ax = axes[0][0]
+    palette = sns.color_palette("dark", effect["variant"].nunique())
+    for color, (variant, g) in zip(palette, effect.groupby("variant")):
+        for offset, m, ls in ((-0.06, GAP_BEST, "-"), (0.06, GAP_FINAL, "--")):
+            _errorbars(ax, g["freeze"] + offset, [_interval(r, m.label) for _, r in g.iterrows()], color=color, ls=ls,
+                       label=", ".join(filter(None, [variant, METRIC_STYLE[m.column][0]])))
+    ref = effect.dropna(subset=[f"{GAP_BEST.label} report"])
+    if len(ref):
+        ax.scatter(ref["freeze"], ref[f"{GAP_BEST.label} report"], marker="x", s=60, color="black",
+                   label="report (CIFAR-10, best epoch)", zorder=3)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xticks(sorted(effect["freeze"].unique()))
+    _label(ax, "", "freeze depth (0 = full fine-tuning, 4 = layer4 + fc)", "pretrained - random test accuracy (points)")
+    return fig
+
+
+FIGURES = {"rotation_curve": rotation_curve, "learning_curves": learning_curves,
+           "accuracy_by_freeze": accuracy_by_freeze, "accuracy_by_labels": accuracy_by_labels,
+           "pretraining_gap": pretraining_gap}
+
+
+def save(fig: Figure, outdir: Path, name: str) -> None:
+    FigureCanvasAgg(fig)
+    for ext, extra in (("png", {"dpi": 150}), ("svg", {"metadata": {"Date": None}})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, **extra)
+        write_atomic(outdir / f"{name}.{ext}", buf.getvalue())
+
+
+def write_figures(epochs: pd.DataFrame, trials: pd.DataFrame, effect: pd.DataFrame, outdir: Path) -> list[tuple]:
+    """Draw every figure the data supports; [(file stem, title)] of those written."""
+    written = []
+    for name, make in FIGURES.items():
+        fig = make(epochs, trials, effect)
+        if fig is not None:
+            save(fig, outdir, name)
+            written.append((name, fig.get_suptitle().replace("\n", " ")))
+    return written

@@ -1,0 +1,48 @@
+"""The original report's numbers, in one place, and which of our cells they are comparable to.
+
+Source: the student report this project reproduces (torchvision ResNet18 with its ImageNet stem on 32x32
+CIFAR-10 images). It printed the best test accuracy over epochs (and the lowest test loss):
+- rotation pretraining: best test accuracy 77.93 %, lowest test loss 0.529;
+- fine-tuning layer4 + fc (our freeze 4) for 20 epochs: pretrained 49.44 %, random init 45.82 %;
+- fine-tuning the whole network (our freeze 0) for 20 epochs: pretrained 67.94 %, random init 77.10 %.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+REPORT_DATASET = "cifar10"
+REPORT_STEM = "imagenet"
+REPORT_FINETUNE_EPOCHS = 20
+ROTATION_BEST_ACC = 77.93  # percent
+ROTATION_LOWEST_LOSS = 0.529
+FINETUNE_BEST_ACC = {  # (freeze, init) -> percent
+    (4, "pretrained"): 49.44,
+    (4, "random"): 45.82,
+    (0, "pretrained"): 67.94,
+    (0, "random"): 77.10,
+}
+
+
+def comparable(cell: dict[str, Any]) -> bool:
+    """The report used the ImageNet stem and every training label."""
+    return cell.get("stem") == REPORT_STEM and cell.get("labels_per_class", 0) == 0
+
+
+def rotation_best_acc(cell: dict[str, Any]) -> float:
+    return ROTATION_BEST_ACC if comparable(cell) else math.nan
+
+
+def rotation_lowest_loss(cell: dict[str, Any]) -> float:
+    return ROTATION_LOWEST_LOSS if comparable(cell) else math.nan
+
+
+def finetune_best_acc(cell: dict[str, Any]) -> float:
+    """The report's best-epoch accuracy for this (freeze, init) cell, NaN where it has none."""
+    return FINETUNE_BEST_ACC.get((cell.get("freeze"), cell.get("init")), math.nan) if comparable(cell) else math.nan
+
+
+def finetune_gap(cell: dict[str, Any]) -> float:
+    """The report's pretrained - random difference at this freeze depth, in points."""
+    return round(finetune_best_acc({**cell, "init": "pretrained"}) - finetune_best_acc({**cell, "init": "random"}), 2)

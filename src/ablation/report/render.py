@@ -1,0 +1,126 @@
+"""Numeric tables -> Markdown and LaTeX text (the CSV is the numeric frame itself).
+
+Why: a reader wants "49.21 ± 1.30", "[37.5, 60.9]" and a dagger where the report's number falls outside
+our interval, not eight float columns; and the setup keys that are the same in every row (dataset,
+epochs, stem, ...) belong in the caption, where they tell which study the numbers come from.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from . import reference
+from .tables import Table
+
+KEY_LABELS = {"dataset": "dataset", "epochs_planned": "epochs", "stem": "stem", "labels_per_class": "labels/class",
+              "lr": "lr", "freeze": "freeze", "init": "init"}
+HIDDEN = (" std", " CI low", " CI high", " report", " report outside CI")
+DAGGER = "†"
+MISSING = "—"
+
+
+def fmt(column: str, value) -> str:
+    """One cell as text: NaN as a dash, labels_per_class 0 as "all", p-values and losses with 3 decimals."""
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return MISSING
+    if column == "labels_per_class":
+        return "all" if value == 0 else str(int(value))
+    if column == "lr":
+        return f"{value:g}"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if column.endswith(" p"):
+            return "<0.001" if value < 0.001 else f"{value:.3f}"
+        return f"{value:.3f}" if "loss" in column else f"{value:+.2f}" if "diff" in column else f"{value:.2f}"
+    return str(value)
+
+
+def constant_keys(frame: pd.DataFrame, keys=KEY_LABELS) -> list[str]:
+    return [k for k in keys if k in frame and frame[k].nunique(dropna=False) == 1]
+
+
+def describe(frame: pd.DataFrame, keys) -> list[str]:
+    """"key value" per row for the given keys, e.g. "stem imagenet, labels/class all" ("" when no keys)."""
+    return [", ".join(f"{KEY_LABELS[k]} {fmt(k, row[k])}" for k in keys) for _, row in frame.iterrows()]
+
+
+def variants(frame: pd.DataFrame, keys) -> list[str]:
+    """Each row described by those of the keys that vary across the frame ("" when none do)."""
+    return describe(frame, [k for k in keys if frame[k].nunique() > 1])
+
+
+def _mean_sd(mean: str, sd: str) -> str:
+    return mean if MISSING in (mean, sd) else f"{mean} ± {sd.lstrip('+')}"
+
+
+def display(table: Table) -> tuple[str, list[tuple[str, list[str]]], bool]:
+    """(caption of the constant keys, [(header, cells)], whether any cell carries the dagger)."""
+    df = table.frame
+    constant = constant_keys(df)
+    caption = describe(df.head(1), constant)[0]
+    columns = [(KEY_LABELS[k], [fmt(k, v) for v in df[k]]) for k in KEY_LABELS if k in df and k not in constant]
+    dagger = False
+    for col in df.columns:
+        if col in KEY_LABELS or col.endswith(HIDDEN):
+            continue
+        if not col.endswith(" mean"):
+            columns.append((col.split(" ")[-1] if col.endswith((" t", " p")) else col, [fmt(col, v) for v in df[col]]))
+            continue
+        p = col[: -len(" mean")]
+        columns.append((p, [_mean_sd(fmt(col, m), fmt(col, s)) for m, s in zip(df[col], df[f"{p} std"])]))
+        lows, highs = ([fmt(col, v) for v in df[f"{p} CI {end}"]] for end in ("low", "high"))
+        columns.append(("95% CI", [MISSING if MISSING in (a, b) else f"[{a}, {b}]" for a, b in zip(lows, highs)]))
+        if f"{p} report" in df:
+            flags = df[f"{p} report outside CI"].astype(bool)
+            dagger |= bool(flags.any())
+            columns.append(("report", [fmt(col, v) + (DAGGER if f else "") for v, f in zip(df[f"{p} report"], flags)]))
+    return caption, columns, dagger
+
+
+def notes(table: Table, dagger: bool) -> list[str]:
+    out = list(table.notes)
+    if dagger:
+        out.append(f"{DAGGER} the report's number lies outside our 95% CI.")
+    datasets = set(table.frame["dataset"]) if "dataset" in table.frame else set()
+    if datasets and datasets != {reference.REPORT_DATASET}:
+        out.append(f"The report used {reference.REPORT_DATASET} (ImageNet-stem ResNet18, "
+                   f"{reference.REPORT_FINETUNE_EPOCHS} fine-tune epochs); this study used "
+                   f"{', '.join(sorted(datasets))}, so the report column is context, not a like-for-like comparison.")
+    return out
+
+
+def markdown(table: Table, level: int = 3) -> str:
+    caption, columns, dagger = display(table)
+    lines = [f"{'#' * level} {table.title}", "", f"Setup: {caption}." if caption else "", ""]
+    lines.append("| " + " | ".join(h for h, _ in columns) + " |")
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    lines += ["| " + " | ".join(cells) + " |" for cells in zip(*(c for _, c in columns))]
+    lines += [""] + [f"{n}  " for n in notes(table, dagger)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _tex(text: str) -> str:
+    for a, b in (("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_")):
+        text = text.replace(a, b)
+    for a, b in (("±", r"$\pm$"), (DAGGER, r"$^\dagger$"), (MISSING, "--"), ("<", r"$<$")):
+        text = text.replace(a, b)
+    return text
+
+
+def latex(table: Table) -> str:
+    """A booktabs table environment with the setup in the caption and the notes under the tabular."""
+    caption, columns, dagger = display(table)
+    title = table.title + (f" ({caption})" if caption else "")
+    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{_tex(title)}}}", rf"\label{{tab:{table.name}}}",
+             r"\begin{tabular}{" + "l" * len(columns) + "}", r"\toprule",
+             " & ".join(_tex(h) for h, _ in columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(_tex(c) for c in cells) + r" \\" for cells in zip(*(c for _, c in columns))]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\footnotesize " + " ".join(_tex(n) for n in notes(table, dagger)),
+              r"\end{table}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,234 @@
+"""`ablation report` on a real tiny study (tests/fixtures/study_tiny: manifest + Tune result files of
+`ablation sweep experiments/tiny.yaml`, checkpoints stripped): the tables hold the numbers computed here
+independently from the raw result.json lines, figures are written, an unfinished study still reports,
+and a directory that is not a study is one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+FIXTURE = Path(__file__).parent / "fixtures" / "study_tiny"
+
+
+def raw_trials(study: Path) -> list[dict]:
+    """Per planned trial: config and its raw epochs (last line per epoch wins, torn lines skipped)."""
+    manifest = json.loads((study / "manifest.json").read_text())
+    out = []
+    for t in manifest["trials"]:
+        path = study / t["phase"] / t["id"] / "result.json"
+        by_epoch = {}
+        for line in (path.read_text().splitlines() if path.exists() else []):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            by_epoch[row["epoch"]] = row
+        out.append({**t["config"], "id": t["id"], "rows": [by_epoch[e] for e in sorted(by_epoch)]})
+    return out
+
+
+def finished(trials, **where):
+    return [t for t in trials if len(t["rows"]) >= t["epochs"] and all(t[k] == v for k, v in where.items())]
+
+
+def best(t):
+    return max(r["test_acc"] for r in t["rows"]) * 100
+
+
+def final(t):
+    return t["rows"][-1]["test_acc"] * 100
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def t_ci(values):
+    n, m = len(values), statistics.mean(values)
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return m, m - half, m + half
+
+
+def close(a, b):
+    return math.isclose(float(a), b, rel_tol=1e-9, abs_tol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    from ablation.report import write_report
+
+    study = tmp_path_factory.mktemp("s") / "tiny"
+    shutil.copytree(FIXTURE, study)
+    assert write_report(study) == study / "report" / "report.md"
+    return study
+
+
+def test_import_does_not_load_torch_or_ray():
+    code = "import sys, ablation.report; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray'}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_tidy_frames(study):
+    raw = raw_trials(study)
+    tables = study / "report" / "tables"
+    for name in ("epochs", "trials"):
+        assert (tables / f"{name}.csv").exists() and (tables / f"{name}.parquet").stat().st_size > 0
+    epochs = read_csv(tables / "epochs.csv")
+    assert len(epochs) == sum(len(t["rows"]) for t in raw)
+    trials = {r["trial"]: r for r in read_csv(tables / "trials.csv")}
+    assert set(trials) == {t["id"] for t in raw}
+    for t in raw:
+        row = trials[t["id"]]
+        assert row["finished"] == "True" and int(row["epochs_done"]) == t["epochs"] == int(row["epochs_planned"])
+        assert close(row["best_test_acc"], best(t) / 100) and close(row["final_test_acc"], final(t) / 100)
+        assert close(row["lowest_test_loss"], min(r["test_loss"] for r in t["rows"]))
+        assert close(row["wall_time_s"], sum(r["epoch_time_s"] for r in t["rows"]))
+
+
+@pytest.mark.parametrize("table, freeze, report", [("finetune_partial", 4, {"pretrained": 49.44, "random": 45.82}),
+                                                   ("finetune_full", 0, {"pretrained": 67.94, "random": 77.10})])
+def test_finetune_tables_match_raw_results(study, table, freeze, report):
+    raw = raw_trials(study)
+    rows = {r["init"]: r for r in read_csv(study / "report" / "tables" / f"{table}.csv")}
+    assert set(rows) == {"pretrained", "random"}
+    for init, row in rows.items():
+        cell = finished(raw, stage="finetune", freeze=freeze, init=init)
+        assert int(row["n seeds"]) == len(cell) == 2 and row["dataset"] == "fashion-mnist"
+        for label, value in (("best acc (%)", best), ("final acc (%)", final)):
+            mean, low, high = t_ci([value(t) for t in cell])
+            assert close(row[f"{label} mean"], mean)
+            assert close(row[f"{label} CI low"], low) and close(row[f"{label} CI high"], high)
+        assert float(row["best acc (%) report"]) == report[init]
+        outside = not low_high_contains(row, "best acc (%)", report[init])
+        assert row["best acc (%) report outside CI"] == str(outside)
+    md = (study / "report" / "tables" / f"{table}.md").read_text()
+    assert "dataset fashion-mnist" in md and "best acc (%)" in md and "final acc (%)" in md
+    assert (study / "report" / "tables" / f"{table}.tex").read_text().startswith(r"\begin{table}")
+
+
+def low_high_contains(row, label, value):
+    return float(row[f"{label} CI low"]) <= value <= float(row[f"{label} CI high"])
+
+
+def test_rotation_table(study):
+    cell = finished(raw_trials(study), stage="rotation")
+    (row,) = read_csv(study / "report" / "tables" / "rotation.csv")
+    assert int(row["n seeds"]) == len(cell) == 2
+    assert close(row["best acc (%) mean"], statistics.mean(best(t) for t in cell))
+    assert close(row["lowest loss mean"], statistics.mean(min(r["test_loss"] for r in t["rows"]) for t in cell))
+    assert float(row["best acc (%) report"]) == 77.93 and float(row["lowest loss report"]) == 0.529
+
+
+def test_paired_difference_matches_scipy(study):
+    raw = raw_trials(study)
+    rows = {int(r["freeze"]): r for r in read_csv(study / "report" / "tables" / "pretraining_effect.csv")}
+    assert set(rows) == {0, 4}
+    for freeze, row in rows.items():
+        by_seed = {init: {t["seed"]: best(t) for t in finished(raw, stage="finetune", freeze=freeze, init=init)}
+                   for init in ("pretrained", "random")}
+        seeds = sorted(by_seed["pretrained"])
+        pre, rnd = [by_seed["pretrained"][s] for s in seeds], [by_seed["random"][s] for s in seeds]
+        res = stats.ttest_rel(pre, rnd)
+        mean, low, high = t_ci([a - b for a, b in zip(pre, rnd)])
+        assert int(row["n pairs"]) == len(seeds) == 2
+        assert close(row["best diff (pts) mean"], mean) and close(row["best diff (pts) CI low"], low)
+        assert close(row["best diff (pts) CI high"], high)
+        assert close(row["best diff (pts) t"], res.statistic) and close(row["best diff (pts) p"], res.pvalue)
+    assert float(rows[4]["best diff (pts) report"]) == pytest.approx(49.44 - 45.82)
+    assert float(rows[0]["best diff (pts) report"]) == pytest.approx(67.94 - 77.10)
+
+
+def test_figures_written(study):
+    figures = study / "report" / "figures"
+    for name in ("learning_curves", "rotation_curve", "accuracy_by_freeze", "pretraining_gap"):
+        assert (figures / f"{name}.png").stat().st_size > 20_000
+        assert (figures / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    assert not (figures / "accuracy_by_labels.png").exists()  # one label count: no such figure
+
+
+def test_report_md(study):
+    text = (study / "report" / "report.md").read_text()
+    manifest = json.loads((study / "manifest.json").read_text())
+    for needle in ("# Ablation report: tiny", "fashion-mnist", manifest["provenance"]["code_version"],
+                   manifest["data"]["fashion-mnist"], "Trials finished: 10 of 10", "not meaningful",
+                   "Pretraining changes partial fine-tuning (freeze 4)", "paired p = ", "n = 2 seeds"):
+        assert needle in text, needle
+    for link in text.split("](")[1:]:
+        assert (study / "report" / link.split(")")[0]).exists()
+    assert not list((study / "report").rglob(".*.tmp*"))  # atomic writes leave no temp files
+
+
+def test_unfinished_study_still_reports(tmp_path):
+    from ablation.report import write_report
+    from ablation.report.frames import read_result_lines
+
+    study = tmp_path / "tiny"
+    shutil.copytree(FIXTURE, study)
+    (study / "phase2/ft-imagenet-pretrained-f4-lpc0-lrbase-s1/result.json").unlink()
+    cut = study / "phase1/ft-imagenet-random-f0-lpc0-lrbase-s0/result.json"
+    cut.write_text(cut.read_text().splitlines()[0] + '\n{"epoch": 2, "test_a')  # 1 epoch, then a torn line
+    rot = study / "phase1/rot-imagenet-s0/result.json"  # a resume retrained epoch 2: the last line wins
+    lines = rot.read_text().splitlines()
+    rot.write_text("\n".join(lines + [json.dumps({**json.loads(lines[1]), "test_acc": 0.5})]) + "\n")
+    assert [r["test_acc"] for r in read_result_lines(rot.parent)][-1] == 0.5 and len(read_result_lines(cut.parent)) == 1
+
+    text = write_report(study).read_text()
+    assert "Trials finished: 8 of 10" in text and "2 of 10 planned trials are unfinished" in text
+    assert "| ft-imagenet-pretrained-f4-lpc0-lrbase-s1 | missing |" in text
+    assert "| ft-imagenet-random-f0-lpc0-lrbase-s0 | unfinished (1/2 epochs) |" in text
+    tables = study / "report" / "tables"
+    partial = {r["init"]: r for r in read_csv(tables / "finetune_partial.csv")}
+    assert partial["pretrained"]["n seeds"] == "1" and partial["pretrained"]["planned"] == "2"
+    assert partial["pretrained"]["best acc (%) CI low"] == ""  # no interval from one seed
+    effect = {int(r["freeze"]): r for r in read_csv(tables / "pretraining_effect.csv")}
+    assert effect[4]["n pairs"] == "1" and effect[4]["best diff (pts) p"] == ""
+    assert "| pretrained | 1 | 2 |" in (tables / "finetune_partial.md").read_text()
+    (rot_row,) = read_csv(tables / "rotation.csv")
+    raw = finished(raw_trials(study), stage="rotation")
+    assert close(rot_row["best acc (%) mean"], statistics.mean(best(t) for t in raw))
+    assert (study / "report" / "figures" / "learning_curves.png").stat().st_size > 20_000
+
+
+def test_report_on_a_non_study_dir_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ablation.cli", "report", str(tmp_path)], capture_output=True,
+                            text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "is not a study directory" in result.stderr, result.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_freeze_and_label_axes_get_their_tables_and_figure(tmp_path):
+    """Relabel seed 1's fine-tune trials (freeze 4 -> 2, freeze 0 -> 10 labels per class): more axis values."""
+    from ablation.report import write_report
+
+    study = tmp_path / "tiny"
+    shutil.copytree(FIXTURE, study)
+    manifest = json.loads((study / "manifest.json").read_text())
+    for t in manifest["trials"]:
+        cfg = t["config"]
+        if cfg["stage"] == "finetune" and cfg["seed"] == 1:
+            cfg.update({"freeze": 2} if cfg["freeze"] == 4 else {"labels_per_class": 10})
+    (study / "manifest.json").write_text(json.dumps(manifest))
+    write_report(study)
+    tables, raw = study / "report" / "tables", raw_trials(study)
+    by_freeze = read_csv(tables / "by_freeze.csv")
+    assert {(int(r["freeze"]), int(r["labels_per_class"])) for r in by_freeze} == {(0, 0), (2, 0), (4, 0), (0, 10)}
+    for row in read_csv(tables / "by_labels.csv"):
+        (trial,) = finished(raw, stage="finetune", freeze=int(row["freeze"]), init=row["init"],
+                            labels_per_class=int(row["labels_per_class"]))
+        assert row["n seeds"] == "1" and close(row["best acc (%) mean"], best(trial))
+    assert (study / "report" / "figures" / "accuracy_by_labels.png").stat().st_size > 20_000
+    assert "fine-tuning with freeze 2" in (study / "report" / "report.md").read_text()
