@@ -65,7 +65,7 @@ def _as_list(key: str, value: Any, where: str) -> list:
     return values
 
 
-def _block(values: Any, where: str) -> dict[str, Any]:
+def _block(values: Any, where: str, also: frozenset[str] = frozenset()) -> dict[str, Any]:
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -74,7 +74,7 @@ def _block(values: Any, where: str) -> dict[str, Any]:
         if key in PLANNED:
             raise ConfigError(f"{where}: '{key}' is set by the study's axes; use the top-level axis instead")
         if key not in TrialConfig.fields():
-            raise ConfigError(unknown_key_message(key, set(TrialConfig.fields()) - PLANNED, where))
+            raise ConfigError(unknown_key_message(key, (set(TrialConfig.fields()) - PLANNED) | also, where))
     return dict(values)
 
 
@@ -93,7 +93,7 @@ def parse_spec(raw: dict[str, Any], where: str, base: Path | None = None) -> Spe
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
     common = {k: v for k, v in raw.items() if k not in SPEC_KEYS}
-    _block(common, where)
+    _block(common, where, also=frozenset(SPEC_KEYS))
     name = raw.get("name")
     if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\:") \
             or name.strip() != name:
