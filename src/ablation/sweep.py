@@ -98,14 +98,15 @@ def _move_aside(study_dir: Path) -> None:
     warn(f"spec changed: moved the old study to {aside} (nothing deleted) and starting over")
 
 
-def _manifest(spec: Spec, spec_path: str, trials: list[Trial], data: dict[str, str], old: dict | None) -> dict:
+def _manifest(spec: Spec, spec_path: str, trials: list[Trial], data: dict[str, str], old: dict | None,
+              slots: float) -> dict:
     record = provenance.record()
     runs = (old or {}).get("runs", []) + [{"started": record["time"], "code_version": record["code_version"],
                                             "host": record["host"], "pid": os.getpid()}]
     return {"study": spec.name, "description": spec.description, "spec_file": str(Path(spec_path).resolve()),
             "spec_digest": spec.digest, "spec": spec.raw, "created": (old or {}).get("created", record["time"]),
             "provenance": (old or {}).get("provenance", record), "data": data,
-            "resources": {"cpu": spec.cpu, "gpu": spec.gpu},
+            "resources": {"cpu": spec.cpu, "gpu": spec.gpu}, "slots": slots,
             "trials": [{"id": t.id, "phase": t.phase, "config": t.config.to_dict()} for t in trials],
             "runs": runs}
 
@@ -128,11 +129,11 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     data = preflight([t.config for t in trials])  # missing data fails before anything is written
     if move_aside:
         _move_aside(study_dir)
-    gpu = _start_ray(address, spec.gpu)
+    gpu, slots = _start_ray(address, spec)
     old = read_manifest(study_dir) if (study_dir / MANIFEST).exists() else None
     study_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(study_dir / LOCK, f"{os.getpid()}\n")
-    manifest = _manifest(spec, spec_path, trials, data, old)
+    manifest = _manifest(spec, spec_path, trials, data, old, slots)
     _save_manifest(study_dir, manifest)
     print(f"study {spec.name}: {len(trials)} trials -> {study_dir}", flush=True)
     failed: list[str] = []
@@ -156,16 +157,24 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     return 0
 
 
-def _start_ray(address: str | None, gpu: float) -> float:
-    """Join or start Ray; a GPU request with no GPU in the cluster is dropped (Ray would wait forever)."""
+def _start_ray(address: str | None, spec: Spec) -> tuple[float, float]:
+    """Join or start Ray; a GPU request with no GPU in the cluster is dropped (Ray would wait forever).
+    Returns the GPU fraction per trial and how many trials the cluster runs at once."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=True)
-    if gpu and not ray.cluster_resources().get("GPU", 0):
+    have = ray.cluster_resources()
+    gpu = spec.gpu
+    if gpu and not have.get("GPU", 0):
         warn(f"resources.gpu={gpu} asked, but this Ray cluster has no GPU: running every trial on CPU")
-        return 0.0
-    return gpu
+        gpu = 0.0
+    slots = have.get("CPU", 1) // spec.cpu
+    if gpu:
+        slots = min(slots, have["GPU"] // gpu)
+    if spec.max_concurrent:
+        slots = min(slots, spec.max_concurrent)
+    return gpu, max(1.0, slots)
 
 
 def run_phase(study_dir: Path, phase: str, trials: list[Trial], spec: Spec, gpu: float) -> list[str]:

@@ -37,11 +37,25 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
              "- Code version: " + ", ".join(versions) + (" (runs used more than one)" if len(versions) > 1 else ""),
              f"- Spec digest: {manifest.get('spec_digest', '?')}; created {manifest.get('created', '?')}",
              f"- Trials finished: {int(trials['finished'].sum())} of {len(trials)} planned"]
+    lines += sweep_cost(manifest, epochs)
     seen = set(epochs["data_fingerprint"].dropna()) - set(data.values())
     if seen:
         lines.append(f"- **Warning**: result lines carry data fingerprints {sorted(seen)} that the manifest does not "
                      f"list: some trials trained on other data")
     return lines
+
+
+def sweep_cost(manifest: dict[str, Any], epochs: pd.DataFrame) -> list[str]:
+    """How much of the slots' wall time went into training epochs: the rest is Ray, start-up, phase waits."""
+    runs = [r for r in manifest.get("runs", []) if r.get("started") and r.get("ended")]
+    slots = manifest.get("slots")
+    if not runs or not slots or epochs.empty:
+        return []
+    wall = sum((pd.Timestamp(r["ended"]) - pd.Timestamp(r["started"])).total_seconds() for r in runs)
+    train = epochs["epoch_time_s"].sum()
+    return [f"- Sweep cost: {wall / 60:.1f} min of wall time over {len(runs)} invocation(s) x {slots:g} parallel "
+            f"slots; training epochs took {train / 60:.1f} min of it, {100 * train / (wall * slots):.0f}% of "
+            f"the slots (the rest: Ray and trial start-up, data loading, waiting for pretraining)"]
 
 
 def _ci(iv_row: pd.Series, label: str) -> str:
