@@ -16,7 +16,7 @@ from ablation.models import weights_digest
 from ablation.status import trial_states
 from ablation.sweep import run_study
 from conftest import write_spec
-from test_sweep import kill_driver, rows_by_trial, start_driver
+from test_sweep import kill_driver, rows_by_trial, start_driver, trained_by_trial
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,8 @@ def outcome(study):
     """Per trial: final metrics row and a digest of the final weights."""
     out = {}
     for trial, rows in rows_by_trial(study).items():
-        final = max(rows, key=lambda r: r["epoch"])
+        assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1)), trial
+        final = rows[-1]
         phase = "phase2" if "-pretrained-" in trial else "phase1"
         weights = load_checkpoint(checkpoint_dirs(study / phase / trial)[0])["model"]
         out[trial] = ({k: final[k] for k in ("epoch", "train_loss", "test_loss", "test_acc")}, weights_digest(weights))
@@ -65,5 +66,5 @@ def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(tmp_path, ra
     assert final.returncode == 0, final.stderr[-3000:]
     assert kills >= 5, f"only {kills} kills landed before the study finished; lengthen the study"
     assert outcome(study) == expected  # same metrics, bit-identical weights
-    trained = sum(1 for rows in rows_by_trial(study).values() for r in rows if not r.get("replayed"))
+    trained = sum(trained_by_trial(study).values())
     assert trained - EPOCHS * len(expected) <= SLOTS * kills + corrupted

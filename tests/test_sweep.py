@@ -15,16 +15,25 @@ import pytest
 
 from ablation.checkpoint import checkpoint_dirs, load_checkpoint
 from ablation.models import weights_digest
-from ablation.status import read_results, trial_states
+from ablation.results import epochs_trained, read_results
+from ablation.status import trial_states
 from ablation.sweep import run_study
 from conftest import write_spec
 
 pytestmark = pytest.mark.slow
 
 
-def rows_by_trial(study: Path) -> dict[str, list[dict]]:
+def trial_dirs(study: Path) -> dict[str, Path]:
     manifest = json.loads((study / "manifest.json").read_text())
-    return {t["id"]: read_results(study / t["phase"] / t["id"]) for t in manifest["trials"]}
+    return {t["id"]: study / t["phase"] / t["id"] for t in manifest["trials"]}
+
+
+def rows_by_trial(study: Path) -> dict[str, list[dict]]:
+    return {trial: read_results(d) for trial, d in trial_dirs(study).items()}
+
+
+def trained_by_trial(study: Path) -> dict[str, int]:
+    return {trial: epochs_trained(d) for trial, d in trial_dirs(study).items()}
 
 
 def final_state(study: Path, phase: str, trial: str) -> dict:
@@ -44,7 +53,8 @@ def test_tiny_grid_completes_with_every_trial_finished(tiny_study):
     assert len(states) == 2 + 2 * 2 * 2  # a rotation run per seed + seeds x init x freeze
     assert {s["state"] for s in states} == {"finished"}
     for trial, rows in rows_by_trial(tiny_study).items():
-        assert [r["epoch"] for r in rows] == [1, 2], trial  # nothing trained twice
+        assert [r["epoch"] for r in rows] == [1, 2], trial
+    assert set(trained_by_trial(tiny_study).values()) == {2}  # nothing trained twice
     manifest = json.loads((tiny_study / "manifest.json").read_text())
     assert manifest["runs"][-1]["outcome"] == "finished" and manifest["data"]["fashion-mnist"]
     assert manifest["provenance"]["code_version"] and manifest["spec_digest"]
@@ -63,9 +73,8 @@ def test_pretrained_trials_loaded_their_own_seeds_backbone(tiny_study):
 
 
 def test_rerunning_a_finished_study_trains_nothing(tiny_study, ray_session):
-    before = {t: len(r) for t, r in rows_by_trial(tiny_study).items()}
     assert run_study(str(write_spec(tiny_study.parent / "t.yaml")), storage=str(tiny_study.parent)) == 0
-    assert {t: len(r) for t, r in rows_by_trial(tiny_study).items()} == before
+    assert set(trained_by_trial(tiny_study).values()) == {2}
 
 
 def test_a_trial_that_crashes_once_finishes_from_its_checkpoint(tmp_path, ray_session):
@@ -74,7 +83,8 @@ def test_a_trial_that_crashes_once_finishes_from_its_checkpoint(tmp_path, ray_se
     assert run_study(str(spec), storage=str(tmp_path)) == 0
     trial_dir = tmp_path / "crash" / "phase1" / "ft-imagenet-random-f0-lpc0-lrbase-s0"
     rows = read_results(trial_dir)
-    assert [r["epoch"] for r in rows] == [1, 2, 3]  # epoch 1 came from the checkpoint, not retrained
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert epochs_trained(trial_dir) == 3  # epoch 1 came from the checkpoint, not retrained
     clean = write_spec(tmp_path / "n.yaml", name="clean", seeds=[0], init=["random"], freeze=[0],
                        finetune={"epochs": 3})
     assert run_study(str(clean), storage=str(tmp_path)) == 0
@@ -113,10 +123,11 @@ def kill_driver(proc: subprocess.Popen) -> None:
 
 
 def finished_trials(study: Path) -> dict[str, int]:
+    """Finished trial -> epochs it trained so far."""
     if not (study / "manifest.json").exists():
         return {}
-    return {s["id"]: len(read_results(study / ("phase2" if "-pretrained-" in s["id"] else "phase1") / s["id"]))
-            for s in trial_states(study) if s["state"] == "finished"}
+    trained = trained_by_trial(study)
+    return {s["id"]: trained[s["id"]] for s in trial_states(study) if s["state"] == "finished"}
 
 
 def test_sigkilled_driver_resumes_and_finished_trials_do_not_train_again(tmp_path):
@@ -134,11 +145,10 @@ def test_sigkilled_driver_resumes_and_finished_trials_do_not_train_again(tmp_pat
     rerun = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(tmp_path)],
                            capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    rows = rows_by_trial(study)
-    assert {t: len(rows[t]) for t in done_at_kill} == done_at_kill  # not one more epoch
-    for trial, trial_rows in rows.items():  # every epoch logged exactly once as trained or replayed
-        assert sorted({r["epoch"] for r in trial_rows}) == [1, 2, 3], trial
+    trained = trained_by_trial(study)
+    assert {t: trained[t] for t in done_at_kill} == done_at_kill  # not one more epoch
+    for trial, trial_rows in rows_by_trial(study).items():
+        assert [r["epoch"] for r in trial_rows] == [1, 2, 3], trial
     assert {s["state"] for s in trial_states(study)} == {"finished"}
-    trained = sum(1 for r in rows.values() for row in r if not row.get("replayed"))
-    extra = trained - 3 * len(rows)
+    extra = sum(trained.values()) - 3 * len(trained)
     assert 0 <= extra <= 2, f"{extra} epochs retrained; at most one per trial running at the kill (2 slots)"

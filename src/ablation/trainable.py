@@ -4,19 +4,25 @@ Why: Tune gives scheduling, retries and checkpoint bookkeeping; the training its
 Config in (one planned trial), one `tune.report(metrics, checkpoint=...)` per epoch out. On (re)start the
 trial resumes from the newest checkpoint that verifies, looking both at what Tune hands back and at its
 own trial directory, because Tune's experiment snapshot can lag the last reported epoch after a SIGKILL.
+For the same reason the trial keeps its own record next to Tune's: metrics.jsonl (the history of the
+state it continues from, rewritten atomically) and trained.log (append-only, one line per epoch trained).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
+from . import provenance
+from .atomic import write_atomic
 from .checkpoint import checkpoint_dirs, load_latest, newest_first, save_checkpoint
 from .config import TrialConfig
-from .results import read_results
+from .results import METRICS_FILE, TRAINED_LOG
 from .train import train
 
 
@@ -32,23 +38,30 @@ def run_trial(param: dict[str, Any]) -> None:
     trial_dir = Path(config["dir"]) if config.get("dir") else None
     resume = _resume_state(trial_dir)
 
-    def metrics(row: dict[str, Any], state: dict[str, Any], replayed: bool) -> dict[str, Any]:
-        return {**row, "trial": config["id"], "epochs": cfg.epochs, "replayed": replayed,
-                "data_fingerprint": state["data_fingerprint"], "pretrained_digest": state["pretrained_digest"]}
+    def metrics(row: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "trial": config["id"], "epochs": cfg.epochs, "data_fingerprint": state["data_fingerprint"],
+                "pretrained_digest": state["pretrained_digest"]}
+
+    def write_history(state: dict[str, Any]) -> None:
+        if trial_dir is not None:
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(trial_dir / METRICS_FILE, "".join(json.dumps(metrics(r, state)) + "\n"
+                                                         for r in state["history"]))
 
     def on_epoch(row: dict[str, Any], state: dict[str, Any]) -> None:
+        if trial_dir is not None:  # append-only audit: every epoch this trial ever trained, retrained ones too
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            with open(trial_dir / TRAINED_LOG, "a") as fh:
+                fh.write(json.dumps({"epoch": row["epoch"], "pid": os.getpid(), "time": provenance.now()}) + "\n")
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp), state)
-            tune.report(metrics(row, state, False), checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report(metrics(row, state), checkpoint=tune.Checkpoint.from_directory(tmp))
+        write_history(state)
 
-    if resume is not None and trial_dir is not None:
-        # A driver killed after an epoch's checkpoint was stored but before its row was logged leaves
-        # result.json short: log those rows again from the checkpoint's history, marked as replayed.
-        logged = {r.get("epoch") for r in read_results(trial_dir)}
-        for row in resume["history"]:
-            if row["epoch"] not in logged:
-                tune.report(metrics(row, resume, True))
-
+    if resume is not None:
+        # The history file is the checkpoint's: a kill between the two (or Tune restarting its own
+        # result.json) can leave the file behind or ahead of the state that training continues from.
+        write_history(resume)
     train(cfg, on_epoch, resume=resume, log=lambda msg: print(f"[{config['id']}] {msg}", flush=True))
 
 
