@@ -253,34 +253,33 @@ def per_class_subset(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 
 
 def rotate(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Turn image i of x by k[i] quarter-turns counter-clockwise (torch.rot90 over H, W); label = k."""
-    out = torch.empty_like(x)
-    for turns in range(4):
-        sel = k == turns
-        if sel.any():
-            out[sel] = torch.rot90(x[sel], turns, dims=(-2, -1))
-    return out
+    """Turn image i of x by k[i] quarter-turns counter-clockwise (torch.rot90 over H, W); label = k.
+    One gather through four precomputed pixel permutations: no per-turn masks, no host sync on a GPU."""
+    n, c, h, w = x.shape
+    if h != w:
+        raise ValueError(f"quarter turns need square images, got {h}x{w}")
+    grid = torch.arange(h * w, device=x.device).view(h, w)
+    perms = torch.stack([torch.rot90(grid, turns).flatten() for turns in range(4)])
+    return x.flatten(-2).gather(-1, perms[k][:, None, :].expand(n, c, h * w)).view_as(x)
 
 
 def rotation_batch(x: torch.Tensor, mode: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """random1: one random turn per image; all4: every image in all four turns, grouped per image."""
     if mode == "all4":
-        k = torch.arange(4, device=x.device).repeat(x.shape[0])
-        return rotate(x.repeat_interleave(4, dim=0), k), k
+        turned = torch.stack([torch.rot90(x, turns, dims=(-2, -1)) for turns in range(4)], dim=1)
+        return turned.flatten(0, 1), torch.arange(4, device=x.device).repeat(x.shape[0])
     k = torch.randint(0, 4, (x.shape[0],), generator=gen, device=x.device)
     return rotate(x, k), k
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop with zero padding `pad` and random horizontal flip, for a whole uint8 batch at once."""
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    chans = torch.arange(c, device=x.device)[None, :, None, None]
-    out = padded[torch.arange(n, device=x.device)[:, None, None, None], chans, rows, cols]
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (n, c, 2*pad+1, 2*pad+1, h, w): a view, no copy
+    out = windows[torch.arange(n, device=x.device), :, dy, dx]  # whole crops, not per-pixel indices
     flip = torch.rand(n, generator=gen, device=x.device) < 0.5
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 

@@ -1,0 +1,47 @@
+"""`ablation bench` on a tiny setting: the JSON it writes is complete and self-consistent (no timing thresholds)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Ray is made unimportable: the GPU machine that runs the benchmark has torch only.
+NO_RAY = "import sys; sys.modules['ray'] = None; from ablation.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def test_bench_writes_consistent_figures_without_ray(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-c", NO_RAY, "bench", "--device", "cpu", "--batch-size", "8",
+                           "--warmup", "1", "--steps", "2", "--cases", "rotation-random1", "--concurrent", "2",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "harness/naive" in proc.stdout and "2 processes" in proc.stdout
+    case, concurrent = json.loads(out.read_text())
+    assert case["case"] == "rotation-random1" and case["stage"] == "rotation" and case["rotation_mode"] == "random1"
+    assert {"device", "torch", "batch_size", "steps", "threads"} <= case.keys()
+    assert (case["batch_size"], case["steps"]) == (8, 2)
+    rates = case["images_per_s"]
+    assert set(rates) == {"harness", "naive", "limit"}
+    assert all(math.isfinite(v) and v > 0 for v in rates.values())
+    assert case["vs_naive"] == pytest.approx(rates["harness"] / rates["naive"])
+    assert case["vs_limit"] == pytest.approx(rates["harness"] / rates["limit"])
+    assert concurrent["case"] == "concurrent" and concurrent["processes"] == 2
+    assert concurrent["threads_per_process"] == max(1, len(os.sched_getaffinity(0)) // 2)
+    both = concurrent["images_per_s"]
+    assert all(math.isfinite(v) and v > 0 for v in both.values())
+    assert concurrent["vs_single"] == pytest.approx(both["concurrent"] / both["single"])
+
+
+def test_bench_on_missing_gpu_is_one_line_exit_2():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    from ablation.cli import main
+
+    assert main(["bench", "--device", "cuda"]) == 2
