@@ -8,6 +8,8 @@ batch size and stage per case:
            rotation, a DataLoader with one worker per core (pinned memory on cuda), then the same train_step;
   limit    train_step alone, repeated on one ready input tensor (normalised, channels_last where used).
 Images/s counts model inputs (all4: four per image). No Ray is imported: the GPU machine has torch only.
+The three are interleaved in rounds (run_case), so a slow spell of a shared machine does not hit one alone.
+With --concurrent K, each of the K processes on a CPU gets max(1, cores // K) torch threads.
 
 --json FILE gets a JSON list: one object per case, then, with --concurrent K > 1, one object with
 "case": "concurrent" (K processes running the harness step of rotation/random1 at once, against one).
@@ -214,12 +216,11 @@ def concurrent_worker(args, device: str, data: D.Data, threads: int, barrier, re
         torch.set_num_threads(threads)
         s = build(case_config(CONCURRENT_CASE, args, device), data)
         step = harness_step(s)
-        for _ in range(args.warmup):
-            step()
+        timed(step, args.warmup, 0, s.device)
         barrier.wait(timeout=600)
         t = timed(step, 0, args.steps, s.device)
         results.put((t.inputs, t.start, t.end))
-    except BaseException as exc:  # the parent reports it: a child's traceback alone would hang nothing but say little
+    except BaseException as exc:  # the parent raises it; abort() frees the others, so none waits forever
         barrier.abort()
         results.put(f"{type(exc).__name__}: {exc}")
 
@@ -231,7 +232,8 @@ def run_concurrent(k: int, args, device: str, data: D.Data) -> tuple[float, int]
     ctx = mp.get_context("spawn")  # fork after CUDA init is unsafe; spawn also gives each a fresh torch
     threads = max(1, cores() // k) if device == "cpu" else torch.get_num_threads()
     barrier, results = ctx.Barrier(k), ctx.Queue()
-    procs = [ctx.Process(target=concurrent_worker, args=(args, device, data, threads, barrier, results)) for _ in range(k)]
+    procs = [ctx.Process(target=concurrent_worker, args=(args, device, data, threads, barrier, results))
+             for _ in range(k)]
     for p in procs:
         p.start()
     got = [results.get(timeout=1800) for _ in procs]
@@ -268,11 +270,11 @@ def resolve(args) -> str:
 def main(args) -> int:
     device = resolve(args)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
-    data = D.load_data(case_config(args.cases[0], args, device))
     env = environment(torch.device(device), args)
     log(f"bench on {env['device']}, torch {env['torch']}, {env['threads']} threads, batch {args.batch_size}, "
         f"{args.warmup} warm-up + {args.steps} timed steps per measurement, naive loader: {cores()} workers, "
         f"load average {env['loadavg_1min']:.2f} (other work on the cores skews every figure)")
+    data = D.load_data(case_config(args.cases[0], args, device))
     rows = []
     for name in args.cases:
         row = run_case(name, args, device, data, log)
