@@ -10,21 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from .results import read_results
-from .sweep import LOCK, _pid_alive, read_manifest
-
-
-def driver_pid(study_dir: Path) -> int | None:
-    try:
-        pid = int((study_dir / LOCK).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if _pid_alive(pid) else None
+from .sweep import live_driver, read_manifest
 
 
 def trial_states(study_dir: Path) -> list[dict[str, Any]]:
     study_dir = Path(study_dir)
     manifest = read_manifest(study_dir)
-    live = driver_pid(study_dir) is not None
+    live = live_driver(study_dir) is not None
     out = []
     for trial in manifest["trials"]:
         cfg, tdir = trial["config"], study_dir / trial["phase"] / trial["id"]

@@ -64,26 +64,23 @@ def read_manifest(study_dir: Path) -> dict[str, Any]:
                          f"point at <storage>/<study name>") from None
 
 
-def _pid_alive(pid: int) -> bool:
+def live_driver(study_dir: Path) -> int | None:
+    """The pid in the study's lock file if that process is alive (a SIGKILLed driver leaves a stale lock)."""
     try:
+        pid = int((Path(study_dir) / LOCK).read_text().split()[0])
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     except PermissionError:
-        return True
-    return True
+        return pid  # alive, owned by another user
+    except (OSError, ValueError, IndexError):
+        return None  # no lock, a torn lock, or no such process
+    return pid
 
 
 def _check_claim(study_dir: Path, spec: Spec, fresh: bool) -> bool:
     """Refuse a second live driver and a changed spec; True when --fresh must move the old study aside."""
-    lock = study_dir / LOCK
-    if lock.exists():
-        try:
-            pid = int(lock.read_text().split()[0])
-        except (ValueError, IndexError):
-            pid = -1
-        if pid > 0 and pid != os.getpid() and _pid_alive(pid):
-            raise StudyError(f"{study_dir} is being run by process {pid}; wait for it or stop it first")
+    pid = live_driver(study_dir)
+    if pid is not None and pid != os.getpid():
+        raise StudyError(f"{study_dir} is being run by process {pid}; wait for it or stop it first")
     if not (study_dir / MANIFEST).exists() or read_manifest(study_dir).get("spec_digest") == spec.digest:
         return False
     if not fresh:

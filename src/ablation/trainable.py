@@ -66,10 +66,8 @@ def run_trial(param: dict[str, Any]) -> None:
 
 
 def _resume_state(trial_dir: Path | None) -> dict[str, Any] | None:
-    """Newest verified state among the trial dir's checkpoints and the one Tune restored (if any)."""
+    """Newest verified state among the trial dir's checkpoints and the one Tune restored (if any).
+    Storage is a local or shared path (sweep refuses URIs), so Tune's checkpoint is a directory here."""
     local = checkpoint_dirs(trial_dir) if trial_dir and trial_dir.exists() else []
     given = tune.get_checkpoint()
-    if given is None or Path(given.path).exists():
-        return load_latest(newest_first(local + ([Path(given.path)] if given else [])))
-    with given.as_directory() as fetched:  # remote storage: Tune's checkpoint is fetched to a temp dir
-        return load_latest(newest_first(local + [Path(fetched)]))
+    return load_latest(newest_first(local + ([Path(given.path)] if given else [])))
