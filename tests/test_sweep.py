@@ -92,6 +92,25 @@ def test_a_trial_that_crashes_once_finishes_from_its_checkpoint(tmp_path, ray_se
     assert [r["test_loss"] for r in rows] == [r["test_loss"] for r in clean_rows]  # resumed run is exact
 
 
+def test_a_driver_killed_while_tune_writes_its_first_state_resumes(tmp_path, ray_session):
+    """Tune writes tuner.pkl before its first experiment_state file; a kill between the two made the rerun
+    restart the experiment without its grid (one trial with an empty config, KeyError in CI)."""
+    spec = write_spec(tmp_path / "s.yaml", name="snap", seeds=[0], init=["random"], freeze=[0])
+    assert run_study(str(spec), storage=str(tmp_path)) == 0
+    phase = tmp_path / "snap" / "phase1"
+    snapshots = list(phase.glob("experiment_state-*.json")) + list(phase.glob("search_gen_state-*.json"))
+    assert snapshots and (phase / "tuner.pkl").exists()
+    for path in snapshots:
+        path.unlink()  # as if killed right after tuner.pkl was written
+    assert run_study(str(spec), storage=str(tmp_path)) == 0
+    assert {s["state"] for s in trial_states(tmp_path / "snap")} == {"finished"}
+    assert set(trained_by_trial(tmp_path / "snap").values()) == {2}  # restarted trials trained nothing again
+    (phase / "tuner.pkl").write_bytes(b"")  # killed while Tune wrote tuner.pkl
+    assert run_study(str(spec), storage=str(tmp_path)) == 0
+    assert {s["state"] for s in trial_states(tmp_path / "snap")} == {"finished"}
+    assert set(trained_by_trial(tmp_path / "snap").values()) == {2}
+
+
 def test_gpu_request_on_a_cpu_machine_runs_on_cpu_after_one_warning(tmp_path):
     import torch
 

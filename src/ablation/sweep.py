@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -182,14 +183,13 @@ def run_phase(study_dir: Path, phase: str, trials: list[Trial], spec: Spec, gpu:
 
     trainable = tune.with_resources(run_trial, {"cpu": spec.cpu, "gpu": gpu})
     path = study_dir / phase
-    if tune.Tuner.can_restore(str(path)):
-        print(f"{phase}: resuming {path}", flush=True)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        configs = [{"id": t.id, "config": t.config.to_dict(), "dir": str(path / t.id), "gpu": gpu} for t in trials]
+    configs = [{"id": t.id, "config": t.config.to_dict(), "dir": str(path / t.id), "gpu": gpu} for t in trials]
+    param_space = {"trial": tune.grid_search(configs)}
+    tuner = _restore(tune, path, trainable, param_space)
+    if tuner is None:
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial": tune.grid_search(configs)},
+            param_space=param_space,
             tune_config=tune.TuneConfig(trial_name_creator=_trial_id, trial_dirname_creator=_trial_id,
                                         max_concurrent_trials=spec.max_concurrent or None),
             run_config=tune.RunConfig(name=phase, storage_path=str(study_dir), verbose=1,
@@ -198,6 +198,27 @@ def run_phase(study_dir: Path, phase: str, trials: list[Trial], spec: Spec, gpu:
         )
     results = tuner.fit()
     return sorted(r.config["trial"]["id"] for r in results if r.error)
+
+
+def _restore(tune, path: Path, trainable, param_space: dict[str, Any]):
+    """Tune's experiment at `path`, restored to continue; None when there is none to restore.
+
+    param_space is passed again because tuner.pkl does not hold it, and a driver killed before Tune's first
+    experiment snapshot makes Tune restart the experiment from param_space (None would give one empty trial).
+    A tuner.pkl torn by a kill while Tune wrote it is set aside: a new Tuner then reruns the phase, and each
+    trial continues from the checkpoints in its own dir, so nothing trained is lost."""
+    if not tune.Tuner.can_restore(str(path)):
+        return None
+    print(f"{path.name}: resuming {path}", flush=True)
+    try:
+        return tune.Tuner.restore(str(path), trainable=trainable, param_space=param_space,
+                                  resume_unfinished=True, resume_errored=True)
+    except (EOFError, pickle.UnpicklingError) as exc:
+        aside = path / f"tuner.pkl.unreadable-{int(time.time())}"
+        (path / "tuner.pkl").rename(aside)
+        warn(f"{path}/tuner.pkl is unreadable ({type(exc).__name__}; moved to {aside.name}): starting this "
+             f"phase's Tune experiment again, every trial continues from its own checkpoints")
+        return None
 
 
 def _trial_id(trial) -> str:
