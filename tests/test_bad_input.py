@@ -85,3 +85,36 @@ def test_status_and_report_refuse_a_directory_that_is_not_a_study(tmp_path, comm
     before = snapshot(tmp_path)
     assert_one_line_exit_2(ablation(command, str(tmp_path)), "is not a study directory")
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("lock", ["alive here", "another host"])
+def test_a_study_with_a_live_driver_is_refused(tmp_path, lock):
+    import os
+
+    storage = tmp_path / "studies"
+    study = storage / "t"
+    study.mkdir(parents=True)
+    (study / "driver.pid").write_text(f"{os.getpid()}\n" if lock == "alive here" else "1 gpu-box-7\n")
+    before = snapshot(study)
+    expected = "is being run by process " + (f"{os.getpid()}" if lock == "alive here" else "1 on gpu-box-7")
+    assert_one_line_exit_2(ablation("sweep", str(write_spec(tmp_path / "s.yaml")), "--storage", str(storage)),
+                           expected)
+    assert snapshot(study) == before
+
+
+def test_fresh_on_uri_storage_is_refused_without_touching_the_study(tmp_path):
+    from ablation.sweep import load_spec
+
+    study = tmp_path / "bucket" / "t"
+    study.mkdir(parents=True)
+    old = load_spec(str(write_spec(tmp_path / "old.yaml")))
+    (study / "manifest.json").write_text(json.dumps({"spec_digest": old.digest, "trials": []}))
+    before = snapshot(study)
+    spec = write_spec(tmp_path / "new.yaml", seeds=[0, 1, 2])
+    assert_one_line_exit_2(ablation("sweep", str(spec), "--storage", f"file://{tmp_path}/bucket", "--fresh"),
+                           "--fresh cannot move a study aside on object storage")
+    assert snapshot(study) == before
+
+
+def test_status_of_a_uri_that_holds_no_study(tmp_path):
+    assert_one_line_exit_2(ablation("status", f"file://{tmp_path}/nothing"), "is not a study directory")

@@ -126,6 +126,30 @@ def test_gpu_request_on_a_cpu_machine_runs_on_cpu_after_one_warning(tmp_path):
     assert {s["state"] for s in trial_states(tmp_path / "gpu")} == {"finished"}
 
 
+def test_uri_storage_runs_resumes_and_reports_through_pyarrow(tmp_path, ray_session):
+    """--storage as a URI: every study file goes through pyarrow.fs (file:// here, s3:// on a cluster)."""
+    uri = f"file://{tmp_path}/bucket"
+    spec = write_spec(tmp_path / "u.yaml", name="uri", seeds=[0], freeze=[4])
+    assert run_study(str(spec), storage=uri) == 0
+    study = tmp_path / "bucket" / "uri"
+    assert {s["state"] for s in trial_states(study)} == {"finished"} and len(trial_states(study)) == 3
+    rotation = weights_digest({k: v for k, v in final_state(study, "phase1", "rot-imagenet-s0")["model"].items()
+                               if not k.startswith("fc.")})
+    pretrained = read_results(study / "phase2" / "ft-imagenet-pretrained-f4-lpc0-lrbase-s0")
+    assert pretrained[0]["pretrained_digest"] == rotation
+    assert run_study(str(spec), storage=uri) == 0  # resumed through Tune.restore at the URI
+    assert set(trained_by_trial(study).values()) == {2}
+    env = {**os.environ, "ABLATION_CACHE": str(tmp_path / "cache")}
+    for command in ("status", "report"):
+        out = subprocess.run([sys.executable, "-m", "ablation.cli", command, f"{uri}/uri"], capture_output=True,
+                             text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+    assert "3 finished" in subprocess.run([sys.executable, "-m", "ablation.cli", "status", f"{uri}/uri"],
+                                          capture_output=True, text=True, env=env).stdout
+    assert (study / "report" / "report.md").stat().st_size > 0  # uploaded back to the URI
+    assert not list((tmp_path / "cache").rglob("checkpoint_*"))  # the local copy skips the weights
+
+
 # ------------------------------------------------------------------------------------------ driver kills
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 
 from .atomic import write_atomic
 from .config import UserError
+from .store import download, is_uri
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -102,7 +104,15 @@ def load_latest(candidates: list[Path], warn=None) -> dict[str, Any] | None:
 
 
 def resolve_pretrained(source: str) -> dict[str, torch.Tensor]:
-    """The backbone of a finished rotation run, from its run dir (newest valid checkpoint) or a checkpoint."""
+    """The backbone of a finished rotation run, from its run dir (newest valid checkpoint) or a checkpoint,
+    local or at a URI (copied to a temp folder first)."""
+    if is_uri(source):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = download(source, Path(tmp) / "run")
+            found = list(local.iterdir())
+            if not found:
+                raise CheckpointError(f"pretrained_from={source}: nothing there; point it at a rotation run dir")
+            return resolve_pretrained(str(found[0] if len(found) == 1 and found[0].is_file() else local))
     path = Path(source).expanduser()
     if not path.exists():
         raise CheckpointError(f"pretrained_from={source}: no such file or directory; point it at a rotation run dir")

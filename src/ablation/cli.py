@@ -31,17 +31,32 @@ def cmd_sweep(args) -> int:
                      overrides=parse_overrides(args.overrides))
 
 
+def local_study(location: str) -> Path:
+    """The study as a local folder: the path itself, or a copy of a URI study (checked to be one first)."""
+    from .store import is_uri, local_copy
+    from .sweep import read_manifest
+
+    if is_uri(location):
+        read_manifest(location)  # not a study: one line naming the URI, and nothing copied
+    return local_copy(location)
+
+
 def cmd_status(args) -> int:
     from .status import print_status
 
-    return print_status(Path(args.study))
+    return print_status(local_study(args.study))
 
 
 def cmd_report(args) -> int:
     from .report import write_report
+    from .store import child, is_uri, upload
 
-    out = write_report(Path(args.study))
-    print(f"wrote {out}")
+    out = write_report(local_study(args.study))
+    if is_uri(args.study):
+        upload(out.parent, str(child(args.study, "report")))
+        print(f"wrote {child(args.study, 'report', out.name)} (local copy: {out})")
+    else:
+        print(f"wrote {out}")
     return 0
 
 

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import store
 from .config import ConfigError, TrialConfig, unknown_key_message
+from .store import Location
 
 # Keys the axes and the planner own; a spec may not set them in its blocks.
 PLANNED = {"stage", "seed", "init", "freeze", "pretrained_from", "stem", "labels_per_class"}
@@ -120,9 +122,8 @@ def parse_spec(raw: dict[str, Any], where: str, base: Path | None = None) -> Spe
     return spec
 
 
-def plan(spec: Spec, study_dir: Path) -> list[Trial]:
+def plan(spec: Spec, study_dir: Location) -> list[Trial]:
     """Every trial of the study, in a stable order, with configs validated by TrialConfig."""
-    study_dir = Path(study_dir)
     trials: list[Trial] = []
 
     def make(tid: str, phase: str, values: dict[str, Any]) -> Trial:
@@ -146,7 +147,7 @@ def plan(spec: Spec, study_dir: Path) -> list[Trial]:
             values["lr"] = lr
         phase = "phase1"
         if init == "pretrained":
-            values["pretrained_from"] = str(study_dir / "phase1" / f"rot-{stem}-s{seed}")
+            values["pretrained_from"] = str(store.child(study_dir, "phase1", f"rot-{stem}-s{seed}"))
             phase = "phase2"
         lr_tag = f"{lr:g}" if lr is not None else "base"
         trials.append(make(f"ft-{stem}-{init}-f{freeze}-lpc{lpc}-lr{lr_tag}-s{seed}", phase, values))

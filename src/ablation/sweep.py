@@ -3,7 +3,8 @@
 Why: a grid on a GPU box gets interrupted. Running the same command again must continue the study:
 finished trials are not rerun, interrupted ones continue from their last epoch, errored ones retry.
 Only `Tuner.restore` resumes a Tune experiment (a new Tuner with the same name starts over), so each
-phase is restored when its experiment state exists. Layout of <storage>/<name>/:
+phase is restored when its experiment state exists. <storage> is a local or shared path or a URI (store.py).
+Layout of <storage>/<name>/:
     manifest.json          spec, planned trials, provenance, data copies, one entry per invocation
     phase1/<trial id>/     Tune trial dirs (progress.csv, result.json, TensorBoard events, checkpoint_*)
     phase2/<trial id>/
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket
 import sys
 import time
 from pathlib import Path
@@ -21,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from . import provenance
-from .atomic import write_atomic
+from . import provenance, store
+from .store import Location
 from .config import ConfigError, UserError, read_yaml
 from .spec import PHASES, Spec, Trial, parse_spec, plan
 
@@ -57,36 +59,43 @@ def load_spec(path: str, overrides: dict[str, str] | None = None) -> Spec:
     return parse_spec(apply_overrides(read_yaml(path), overrides or {}), where=path, base=Path.cwd())
 
 
-def read_manifest(study_dir: Path) -> dict[str, Any]:
+def read_manifest(study_dir: Location) -> dict[str, Any]:
     try:
-        return json.loads((Path(study_dir) / MANIFEST).read_text())
+        return json.loads(store.read_file(store.child(study_dir, MANIFEST)) or "")
     except (OSError, ValueError):
         raise StudyError(f"{study_dir} is not a study directory (no readable {MANIFEST}); "
                          f"point at <storage>/<study name>") from None
 
 
-def live_driver(study_dir: Path) -> int | None:
-    """The pid in the study's lock file if that process is alive (a SIGKILLed driver leaves a stale lock)."""
+def live_driver(study_dir: Location) -> tuple[int, str] | None:
+    """(pid, host) of the study's lock if that driver may be alive (a SIGKILLed driver leaves a stale lock).
+    A lock taken on another host cannot be checked from here and counts as alive."""
     try:
-        pid = int((Path(study_dir) / LOCK).read_text().split()[0])
-        os.kill(pid, 0)
+        fields = (store.read_file(store.child(study_dir, LOCK)) or "").split()
+        pid, host = int(fields[0]), (fields[1] if len(fields) > 1 else socket.gethostname())
+        if host == socket.gethostname():
+            os.kill(pid, 0)
     except PermissionError:
-        return pid  # alive, owned by another user
+        pass  # alive, owned by another user
     except (OSError, ValueError, IndexError):
         return None  # no lock, a torn lock, or no such process
-    return pid
+    return pid, host
 
 
-def _check_claim(study_dir: Path, spec: Spec, fresh: bool) -> bool:
+def _check_claim(study_dir: Location, spec: Spec, fresh: bool) -> bool:
     """Refuse a second live driver and a changed spec; True when --fresh must move the old study aside."""
-    pid = live_driver(study_dir)
-    if pid is not None and pid != os.getpid():
-        raise StudyError(f"{study_dir} is being run by process {pid}; wait for it or stop it first")
-    if not (study_dir / MANIFEST).exists() or read_manifest(study_dir).get("spec_digest") == spec.digest:
+    driver = live_driver(study_dir)
+    if driver is not None and driver != (os.getpid(), socket.gethostname()):
+        raise StudyError(f"{study_dir} is being run by process {driver[0]} on {driver[1]}; wait for it or stop "
+                         f"it first (if that driver is gone, delete {store.child(study_dir, LOCK)})")
+    if not store.exists(store.child(study_dir, MANIFEST)) or read_manifest(study_dir).get("spec_digest") == spec.digest:
         return False
     if not fresh:
         raise StudyError(f"the spec of study '{spec.name}' changed since it began ({study_dir}); rerun with "
                          f"--fresh to keep the old study aside and start over, or give the spec a new name")
+    if store.is_uri(study_dir):
+        raise StudyError(f"--fresh cannot move a study aside on object storage ({study_dir}); give the spec a "
+                         f"new name instead")
     return True
 
 
@@ -109,28 +118,24 @@ def _manifest(spec: Spec, spec_path: str, trials: list[Trial], data: dict[str, s
             "runs": runs}
 
 
-def _save_manifest(study_dir: Path, manifest: dict) -> None:
-    write_atomic(study_dir / MANIFEST, json.dumps(manifest, indent=1))
+def _save_manifest(study_dir: Location, manifest: dict) -> None:
+    store.write_file(store.child(study_dir, MANIFEST), json.dumps(manifest, indent=1))
 
 
 def run_study(spec_path: str, storage: str = "results/studies", address: str | None = None, fresh: bool = False,
               overrides: dict[str, str] | None = None) -> int:
     spec = load_spec(spec_path, overrides)
-    if "://" in storage:
-        raise StudyError(f"--storage {storage}: URI storage is not supported yet; use a path that every node "
-                         f"mounts (NFS or similar), see README 'Many machines'")
-    study_dir = Path(storage).expanduser().resolve() / spec.name
+    study_dir = store.child(storage if store.is_uri(storage) else Path(storage).expanduser().resolve(), spec.name)
     trials = plan(spec, study_dir)
-    move_aside = study_dir.exists() and _check_claim(study_dir, spec, fresh)
+    move_aside = store.exists(study_dir) and _check_claim(study_dir, spec, fresh)
     from .data import preflight  # torch: only once the spec is known to be good
 
     data = preflight([t.config for t in trials])  # missing data fails before anything is written
     if move_aside:
         _move_aside(study_dir)
     gpu, slots = _start_ray(address, spec)
-    old = read_manifest(study_dir) if (study_dir / MANIFEST).exists() else None
-    study_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(study_dir / LOCK, f"{os.getpid()}\n")
+    old = read_manifest(study_dir) if store.exists(store.child(study_dir, MANIFEST)) else None
+    store.write_file(store.child(study_dir, LOCK), f"{os.getpid()} {socket.gethostname()}\n")
     manifest = _manifest(spec, spec_path, trials, data, old, slots)
     _save_manifest(study_dir, manifest)
     print(f"study {spec.name}: {len(trials)} trials -> {study_dir}", flush=True)
@@ -146,7 +151,7 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
         manifest["runs"][-1]["ended"] = provenance.now()
         manifest["runs"][-1]["outcome"] = "failed: " + ", ".join(failed) if failed else "finished"
         _save_manifest(study_dir, manifest)
-        (study_dir / LOCK).unlink(missing_ok=True)
+        store.remove_file(store.child(study_dir, LOCK))
     if failed:
         print(f"ablation: {len(failed)} trial(s) failed after retries: {', '.join(failed)}; see error.txt in their "
               f"trial dirs, then rerun the same command to retry them", file=sys.stderr)
@@ -175,15 +180,16 @@ def _start_ray(address: str | None, spec: Spec) -> tuple[float, float]:
     return gpu, max(1.0, slots)
 
 
-def run_phase(study_dir: Path, phase: str, trials: list[Trial], spec: Spec, gpu: float) -> list[str]:
+def run_phase(study_dir: Location, phase: str, trials: list[Trial], spec: Spec, gpu: float) -> list[str]:
     """Run (or restore and continue) one phase's Tune experiment; returns the ids of trials that failed."""
     from ray import tune
 
     from .trainable import run_trial
 
     trainable = tune.with_resources(run_trial, {"cpu": spec.cpu, "gpu": gpu})
-    path = study_dir / phase
-    configs = [{"id": t.id, "config": t.config.to_dict(), "dir": str(path / t.id), "gpu": gpu} for t in trials]
+    path = store.child(study_dir, phase)
+    configs = [{"id": t.id, "config": t.config.to_dict(), "dir": str(store.child(path, t.id)), "gpu": gpu}
+               for t in trials]
     param_space = {"trial": tune.grid_search(configs)}
     tuner = _restore(tune, path, trainable, param_space)
     if tuner is None:
@@ -200,24 +206,22 @@ def run_phase(study_dir: Path, phase: str, trials: list[Trial], spec: Spec, gpu:
     return sorted(r.config["trial"]["id"] for r in results if r.error)
 
 
-def _restore(tune, path: Path, trainable, param_space: dict[str, Any]):
+def _restore(tune, path: Location, trainable, param_space: dict[str, Any]):
     """Tune's experiment at `path`, restored to continue; None when there is none to restore.
 
     param_space is passed again because tuner.pkl does not hold it, and a driver killed before Tune's first
     experiment snapshot makes Tune restart the experiment from param_space (None would give one empty trial).
-    A tuner.pkl torn by a kill while Tune wrote it is set aside: a new Tuner then reruns the phase, and each
+    A tuner.pkl torn by a kill while Tune wrote it is replaced: a new Tuner then reruns the phase, and each
     trial continues from the checkpoints in its own dir, so nothing trained is lost."""
     if not tune.Tuner.can_restore(str(path)):
         return None
-    print(f"{path.name}: resuming {path}", flush=True)
+    print(f"{str(path).rsplit('/', 1)[-1]}: resuming {path}", flush=True)
     try:
         return tune.Tuner.restore(str(path), trainable=trainable, param_space=param_space,
                                   resume_unfinished=True, resume_errored=True)
     except (EOFError, pickle.UnpicklingError) as exc:
-        aside = path / f"tuner.pkl.unreadable-{int(time.time())}"
-        (path / "tuner.pkl").rename(aside)
-        warn(f"{path}/tuner.pkl is unreadable ({type(exc).__name__}; moved to {aside.name}): starting this "
-             f"phase's Tune experiment again, every trial continues from its own checkpoints")
+        warn(f"{path}/tuner.pkl is unreadable ({type(exc).__name__}: torn by a kill): starting this phase's "
+             f"Tune experiment again; every trial continues from its own checkpoints")
         return None
 
 

@@ -18,11 +18,11 @@ from typing import Any
 
 from ray import tune
 
-from . import provenance
-from .atomic import write_atomic
+from . import provenance, store
 from .checkpoint import checkpoint_dirs, load_latest, newest_first, save_checkpoint
 from .config import TrialConfig
 from .results import METRICS_FILE, TRAINED_LOG
+from .store import Location
 from .train import train
 
 
@@ -35,7 +35,8 @@ def run_trial(param: dict[str, Any]) -> None:
 
         if torch.cuda.is_available():  # a fractional GPU also caps this trial's share of its memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, float(config["gpu"])))
-    trial_dir = Path(config["dir"]) if config.get("dir") else None
+    trial_dir: Location | None = (config["dir"] if store.is_uri(config["dir"]) else Path(config["dir"])) \
+        if config.get("dir") else None
     resume = _resume_state(trial_dir)
 
     def metrics(row: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
@@ -44,15 +45,13 @@ def run_trial(param: dict[str, Any]) -> None:
 
     def write_history(state: dict[str, Any]) -> None:
         if trial_dir is not None:
-            trial_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(trial_dir / METRICS_FILE, "".join(json.dumps(metrics(r, state)) + "\n"
-                                                         for r in state["history"]))
+            store.write_file(store.child(trial_dir, METRICS_FILE),
+                             "".join(json.dumps(metrics(r, state)) + "\n" for r in state["history"]))
 
     def on_epoch(row: dict[str, Any], state: dict[str, Any]) -> None:
         if trial_dir is not None:  # append-only audit: every epoch this trial ever trained, retrained ones too
-            trial_dir.mkdir(parents=True, exist_ok=True)
-            with open(trial_dir / TRAINED_LOG, "a") as fh:
-                fh.write(json.dumps({"epoch": row["epoch"], "pid": os.getpid(), "time": provenance.now()}) + "\n")
+            store.append_line(store.child(trial_dir, TRAINED_LOG),
+                              json.dumps({"epoch": row["epoch"], "pid": os.getpid(), "time": provenance.now()}))
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp), state)
             tune.report(metrics(row, state), checkpoint=tune.Checkpoint.from_directory(tmp))
@@ -65,9 +64,12 @@ def run_trial(param: dict[str, Any]) -> None:
     train(cfg, on_epoch, resume=resume, log=lambda msg: print(f"[{config['id']}] {msg}", flush=True))
 
 
-def _resume_state(trial_dir: Path | None) -> dict[str, Any] | None:
-    """Newest verified state among the trial dir's checkpoints and the one Tune restored (if any).
-    Storage is a local or shared path (sweep refuses URIs), so Tune's checkpoint is a directory here."""
+def _resume_state(trial_dir: Location | None) -> dict[str, Any] | None:
+    """Newest verified state among the trial dir's checkpoints and the one Tune restored (if any). On URI
+    storage Tune's checkpoints live in the trial dir too: it is copied to a temp folder and scanned there."""
+    if trial_dir is not None and store.is_uri(trial_dir):
+        with tempfile.TemporaryDirectory() as tmp:
+            return load_latest(checkpoint_dirs(store.download(trial_dir, Path(tmp))))
     local = checkpoint_dirs(trial_dir) if trial_dir and trial_dir.exists() else []
     given = tune.get_checkpoint()
     return load_latest(newest_first(local + ([Path(given.path)] if given else [])))

@@ -1,0 +1,155 @@
+"""Study storage given as a URI (s3://, gs://, file://, ...), reached through pyarrow.fs (no torch, no ray).
+
+Why: on a cluster without a shared filesystem every node reaches the study through object storage. Tune
+stores its experiment state and checkpoints there by itself; this module lets the rest of the harness
+(manifest, lock, per-trial records, resume, the pretrained hand-off, status and report) do the same with
+few, plain operations: read and write one whole file (a single PUT, so readers see all of it or none),
+list, and copy a directory to a local folder, where the local-path code then runs unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Union
+
+from .atomic import write_atomic
+
+
+def is_uri(location: str | os.PathLike) -> bool:
+    return "://" in str(location)
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *parts])
+
+
+def _fs(uri: str):
+    import pyarrow.fs
+
+    try:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    except Exception as exc:  # unknown scheme, missing credentials, bad bucket name...
+        from .config import UserError
+
+        raise UserError(f"{uri}: pyarrow cannot open this storage ({exc}); check the URI and its credentials")
+
+
+Location = Union[Path, str]  # a local path, or a URI string
+
+
+def child(location: Location, *parts: str) -> Location:
+    return join(str(location), *parts) if is_uri(location) else Path(location).joinpath(*parts)
+
+
+def read_file(location: Location) -> str | None:
+    """The file's text, or None when it does not exist."""
+    if not is_uri(location):
+        try:
+            return Path(location).read_text()
+        except FileNotFoundError:
+            return None
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as fh:
+        return fh.read().decode()
+
+
+def write_file(location: Location, text: str) -> None:
+    """Whole or nothing: temp file + rename locally, one PUT on object storage."""
+    if not is_uri(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(location), text)
+        return
+    fs, path = _fs(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as fh:
+        fh.write(text.encode())
+
+
+def append_line(location: Location, line: str) -> None:
+    """Append-only log; object storage has no append, so there it is read and written back whole."""
+    if not is_uri(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        with open(location, "a") as fh:
+            fh.write(line + "\n")
+        return
+    write_file(location, (read_file(location) or "") + line + "\n")
+
+
+def remove_file(location: Location) -> None:
+    if not is_uri(location):
+        Path(location).unlink(missing_ok=True)
+        return
+    fs, path = _fs(location)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
+def exists(location: Location) -> bool:
+    if not is_uri(location):
+        return Path(location).exists()
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def download(uri: str, local: Path, skip_dirs: tuple[str, ...] = ()) -> Path:
+    """Copy the tree at uri into local (created); directories whose name starts with one of skip_dirs
+    (e.g. "checkpoint_") are left out. Returns local."""
+    import pyarrow.fs
+
+    fs, root = _fs(uri)
+    local = Path(local)
+    local.mkdir(parents=True, exist_ok=True)
+    kind = fs.get_file_info(root).type
+    if kind == pyarrow.fs.FileType.NotFound:
+        return local
+    if kind == pyarrow.fs.FileType.File:  # a single file lands inside local
+        with fs.open_input_stream(root) as src:
+            (local / root.rsplit("/", 1)[-1]).write_bytes(src.read())
+        return local
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)):
+        rel = info.path[len(root):].lstrip("/")
+        if info.type != pyarrow.fs.FileType.File or any(p.startswith(skip_dirs) for p in rel.split("/")[:-1]):
+            continue
+        target = local / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src, open(target, "wb") as dst:
+            dst.write(src.read())
+    return local
+
+
+def upload(local: Path, uri: str) -> None:
+    """Copy the local tree into uri, file by file."""
+    for path in sorted(Path(local).rglob("*")):
+        if path.is_file():
+            fs, target = _fs(join(uri, path.relative_to(local).as_posix()))
+            fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            with fs.open_output_stream(target) as fh:
+                fh.write(path.read_bytes())
+
+
+def mirror_dir(uri: str) -> Path:
+    """A stable local folder for a URI study: status and report read (and the report writes) there."""
+    base = Path(os.environ.get("ABLATION_CACHE", Path.home() / ".cache" / "ablation")) / "studies"
+    tag = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:12]
+    return base / f"{uri.rstrip('/').rsplit('/', 1)[-1]}-{tag}"
+
+
+def local_copy(location: Location) -> Path:
+    """A local folder holding the study: the path itself, or a fresh copy of a URI study without its
+    checkpoints (status and report only read the manifest and the trials' records)."""
+    if not is_uri(location):
+        return Path(location)
+    local = mirror_dir(str(location))
+    shutil.rmtree(local, ignore_errors=True)  # files deleted remotely must not linger here
+    return download(str(location), local, skip_dirs=("checkpoint_",))
