@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from . import data as D
 from .checkpoint import write_atomic
 from .config import ConfigError, TrialConfig, UserError
 from .models import set_train_mode
-from .train import Setup, build, make_inputs, train_batches, train_step
+from .train import Setup, build, cores, device_name, make_inputs, train_batches, train_step
 
 CASES: dict[str, dict] = {
     "rotation-random1": dict(stage="rotation", rotation_mode="random1"),
@@ -45,10 +44,6 @@ CASES: dict[str, dict] = {
 CONCURRENT_CASE = "rotation-random1"
 ROUNDS = 4  # timed steps of a case are split into this many interleaved rounds (see run_case)
 DEFAULTS = {"cpu": dict(batch_size=128, steps=8, warmup=3), "cuda": dict(batch_size=512, steps=50, warmup=10)}
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -157,8 +152,8 @@ def naive_step(s: Setup) -> Callable[[], int]:
 
 
 def case_config(name: str, args, device: str) -> TrialConfig:
-    return TrialConfig.from_dict({**CASES[name], "dataset": args.data, "batch_size": args.batch_size,
-                                  "device": device, "seed": 0})
+    return TrialConfig.from_dict({**CASES[name], "dataset": args.data, "data_dir": getattr(args, "data_dir", "data"),
+                                  "batch_size": args.batch_size, "device": device, "seed": 0})
 
 
 def run_case(name: str, args, device: str, data, log) -> dict:
@@ -193,18 +188,6 @@ def environment(device: torch.device, args) -> dict:
     return {"device": device_name(device), "torch": torch.__version__, "batch_size": args.batch_size,
             "steps": args.steps, "warmup": args.warmup, "threads": torch.get_num_threads(),
             "loadavg_1min": os.getloadavg()[0]}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({cores()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 # ---------------------------------------------------------------------------------------------- concurrency

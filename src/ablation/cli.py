@@ -101,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--concurrent", type=int, default=1, help="also run K processes at once on the device")
     b.add_argument("--json", default=None, help="write one JSON object per case to this file")
     b.add_argument("--data", default="fashion-mnist", help="dataset for the harness and naive cases")
+    b.add_argument("--data-dir", default="data", help="its data_dir (imagefolder: the tree or its zips)")
     b.add_argument("--warmup", type=int, default=None, help="untimed steps before each measurement")
     b.add_argument("--cases", nargs="+", default=None,
                    help="subset of rotation-random1 rotation-all4 finetune-freeze0 finetune-freeze4 (default all)")

@@ -61,7 +61,7 @@ def run(cfg: TrialConfig, out: Path, log: Callable[[str], None] = print) -> list
         if not (out / "run.json").exists():
             out.mkdir(parents=True, exist_ok=True)
             record = {"config": cfg.to_dict(), "data_fingerprint": state["data_fingerprint"],
-                      "provenance": provenance.record()}
+                      "device": row["device"], "provenance": provenance.record()}
             write_atomic(out / "run.json", json.dumps(record, indent=1))
         save_checkpoint(out / "checkpoints" / f"epoch_{row['epoch']:04d}", state)
         write_atomic(out / "metrics.csv", metrics_csv(state["history"]))

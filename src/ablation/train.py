@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
+import platform
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -39,6 +42,23 @@ def resolve_device(cfg: TrialConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def device_name(device: torch.device) -> str:
+    """What a speed or time figure was measured on: the GPU's name, or the CPU model and its cores."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({cores()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 @dataclass
@@ -202,7 +222,8 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
         test_loss, test_acc = evaluate(s)
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
                "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
-               "epoch_time_s": time.perf_counter() - t0, "train_images_per_s": seen / train_time}
+               "epoch_time_s": time.perf_counter() - t0, "train_images_per_s": seen / train_time,
+               "device": device_name(s.device)}  # beside the columns: where this epoch's time was measured
         history.append(row)
         state = copy.deepcopy({  # a snapshot: the callback may keep it while training goes on
             "epoch": epoch, "epochs": cfg.epochs, "config": cfg.to_dict(), "model": s.model.state_dict(),

@@ -37,6 +37,9 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
              "- Code version: " + ", ".join(versions) + (" (runs used more than one)" if len(versions) > 1 else ""),
              f"- Spec digest: {manifest.get('spec_digest', '?')}; created {manifest.get('created', '?')}",
              f"- Trials finished: {int(trials['finished'].sum())} of {len(trials)} planned"]
+    devices = sorted(set(epochs["device"].dropna()))
+    if devices:
+        lines.append("- Trained on: " + "; ".join(devices))
     lines += sweep_cost(manifest, epochs)
     seen = set(epochs["data_fingerprint"].dropna()) - set(data.values())
     if seen:

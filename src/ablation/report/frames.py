@@ -22,7 +22,7 @@ CONFIG_KEYS = CELL_KEYS + ["seed"]
 EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_acc", "test_loss": "test_loss",
               "test_acc": "test_acc", "lr": "epoch_lr", "epoch_time_s": "epoch_time_s",
               "train_images_per_s": "train_images_per_s", "time_total_s": "time_total_s",
-              "data_fingerprint": "data_fingerprint"}
+              "data_fingerprint": "data_fingerprint", "device": "device"}
 
 
 def load_manifest(study_dir: Path) -> dict[str, Any]:

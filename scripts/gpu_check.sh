@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The prepared GPU check, one command on a machine that has torch but maybe not Ray or this package installed
+# (the project's lent H200): the benchmark (Speed goals), K=4 sharing, and one seed of the report's protocol
+# on the CIFAR-10 JPEG copy with `ablation train`. Everything it prints is also saved under $OUT (or /tmp/gpu_check).
+#
+#   cp ../shared/data/cifar10-jpeg/{train,test}.zip data/cifar10-jpeg/    # data/ is git-ignored: carry it
+#   bash scripts/gpu_check.sh                     # PROTOCOL=0 skips the training runs, BENCH=0 the benchmark
+#
+# Sized for an H200 in about 10 minutes: the bench at batch 512, then 30 rotation + 4 x 20 fine-tune epochs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+data=${DATA_DIR:-data/cifar10-jpeg}
+[ -f "$data/train.zip" ] || [ -d "$data/train" ] || { echo "gpu_check: no CIFAR-10 copy in $data (see the header)" >&2; exit 2; }
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch; print('torch', torch.__version__)"; } 2>&1 | tee "$out/device.txt"
+if [ "${BENCH:-1}" = 1 ]; then
+  python3 -m ablation.cli bench --device cuda --data imagefolder --data-dir "$data" --json "$out/bench-cuda.json" 2>&1 | tee "$out/bench.txt"
+  python3 -m ablation.cli bench --device cuda --data imagefolder --data-dir "$data" --cases rotation-random1 --concurrent 4 \
+    --json "$out/bench-cuda-k4.json" 2>&1 | tee "$out/bench-k4.txt"
+fi
+if [ "${PROTOCOL:-1}" = 1 ]; then
+  ABLATION="python3 -m ablation.cli" bash scripts/report_protocol.sh /tmp/protocol dataset=imagefolder data_dir="$data" \
+    device=cuda seed="${SEED:-0}" 2>&1 | tee "$out/protocol.txt"
+fi

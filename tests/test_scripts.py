@@ -1,0 +1,37 @@
+"""The shipped shell scripts: one seed of the report's protocol without Ray, and the GPU check's refusal
+when the CIFAR-10 copy was not carried along."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_report_protocol_runs_five_trainings_and_prints_them_beside_the_report(tmp_path):
+    env = {**os.environ, "ROT_EPOCHS": "1", "FT_EPOCHS": "1", "ABLATION": f"{sys.executable} -m ablation.cli"}
+    keys = ["dataset=fashion-mnist", "train_subset=128", "test_subset=64", "batch_size=64", "device=cpu"]
+    result = subprocess.run(["bash", str(ROOT / "scripts/report_protocol.sh"), str(tmp_path / "p"), *keys],
+                            capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = ["rotation", "finetune-f4-pretrained", "finetune-f4-random", "finetune-f0-pretrained", "finetune-f0-random"]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == sorted(runs)
+    table = result.stdout.split("one seed of the report's protocol: fashion-mnist", 1)[1].splitlines()
+    assert table[2].startswith("rotation") and table[2].rstrip().endswith("77.93% / 0.529")
+    rows = {" ".join(line.split()[:4]): line.split() for line in table[3:7]}
+    assert rows["finetune freeze 4 pretrained"][-1] == "49.44%" and rows["finetune freeze 0 random"][-1] == "77.10%"
+    ours = float(rows["finetune freeze 0 random"][4])
+    last = (tmp_path / "p/finetune-f0-random/metrics.csv").read_text().splitlines()[-1].split(",")
+    assert ours == pytest.approx(100 * float(last[4]), abs=0.006)  # best of one epoch = its test_acc
+
+
+def test_gpu_check_refuses_without_the_cifar_copy(tmp_path):
+    result = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh")], capture_output=True, text=True,
+                            env={**os.environ, "DATA_DIR": str(tmp_path / "none"), "OUT": str(tmp_path / "out")})
+    assert result.returncode == 2 and "no CIFAR-10 copy" in result.stderr
