@@ -46,3 +46,18 @@ def test_cuda_request_without_gpu_is_one_line(tmp_path):
         pytest.skip("this machine has a GPU")
     result = ablation("train", "device=cuda", "dataset=fashion-mnist", "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "no GPU is visible" in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "epochs=-1"], "epochs=-1 is out of range"),  # the Core issue's commands, as written: no --out
+    (["train", "freeze=9"], "freeze=9 is out of range"),
+    (["train", "colour=red"], "unknown key 'colour'"),
+    (["train", "stage=rotation"], "train needs --out DIR"),
+    (["sweep"], "required: spec (see ablation sweep --help)"),
+    (["trian"], "invalid choice: 'trian'"),
+])
+def test_bad_command_line_is_one_line_and_exit_2(tmp_path, args, expected):
+    result = ablation(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []

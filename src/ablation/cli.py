@@ -17,6 +17,9 @@ def cmd_train(args) -> int:
     values = read_yaml(args.config) if args.config else {}
     values.update(parse_overrides(args.overrides))
     cfg = TrialConfig.from_dict(values, where=args.config or "train")
+    if not args.out:  # checked after the config, so a bad key is named even when --out is missing too
+        raise UserError("train needs --out DIR (the run directory for metrics.csv and checkpoints; "
+                        "rerun with the same --out to resume)")
     from .rundir import run  # torch is imported only once the config is known to be good
 
     run(cfg, Path(args.out), log=lambda msg: print(msg, flush=True))
@@ -66,15 +69,22 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes, like every other bad input, are one line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ablation", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="ablation", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="run one trial without Ray", formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="config keys (key=value):\n" + defaults_table())
     t.add_argument("--config", help="YAML file of trial keys (overrides win over it)")
-    t.add_argument("--out", required=True, help="run directory; rerunning with the same config resumes it")
-    t.add_argument("overrides", nargs="*", metavar="key=value")
+    t.add_argument("--out", help="run directory (required); rerunning with the same config resumes it")
+    t.add_argument("overrides", nargs="*", default=[], metavar="key=value")
     t.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("sweep", help="run or resume a study spec with Ray Tune")
@@ -83,7 +93,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (default: local Ray)")
     s.add_argument("--fresh", action="store_true",
                    help="the spec changed: move the old study aside (kept, renamed) and start over")
-    s.add_argument("overrides", nargs="*", metavar="key=value", help="spec keys, e.g. seeds=[0,1]")
+    s.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="spec keys, e.g. seeds=[0,1]")
     s.set_defaults(fn=cmd_sweep)
 
     st = sub.add_parser("status", help="one line per trial of a study")
