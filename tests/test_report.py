@@ -232,3 +232,17 @@ def test_freeze_and_label_axes_get_their_tables_and_figure(tmp_path):
         assert row["n seeds"] == "1" and close(row["best acc (%) mean"], best(trial))
     assert (study / "report" / "figures" / "accuracy_by_labels.png").stat().st_size > 20_000
     assert "fine-tuning with freeze 2" in (study / "report" / "report.md").read_text()
+
+
+def test_sweep_cost_counts_only_studies_whose_runs_all_ended():
+    import pandas as pd
+
+    from ablation.report.findings import sweep_cost
+
+    epochs = pd.DataFrame({"epoch_time_s": [90.0, 30.0]})
+    run = {"started": "2026-11-30T10:00:00+00:00", "ended": "2026-11-30T10:02:00+00:00"}
+    (line,) = sweep_cost({"slots": 2, "runs": [run, run]}, epochs)
+    assert "4.0 min of wall time over 2 invocation(s)" in line and "25% of the slots" in line  # 120 s / (240 s x 2)
+    killed = {"started": "2026-11-30T09:00:00+00:00"}  # a SIGKILLed driver records no end
+    (line,) = sweep_cost({"slots": 2, "runs": [killed, run]}, epochs)
+    assert "not computed: 1 of 2 invocation(s)" in line and "%" not in line

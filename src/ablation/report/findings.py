@@ -49,11 +49,17 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
 
 
 def sweep_cost(manifest: dict[str, Any], epochs: pd.DataFrame) -> list[str]:
-    """How much of the slots' wall time went into training epochs: the rest is Ray, start-up, phase waits."""
-    runs = [r for r in manifest.get("runs", []) if r.get("started") and r.get("ended")]
+    """How much of the slots' wall time went into training epochs: the rest is Ray, start-up, phase waits.
+    A driver killed with SIGKILL records no end time, so a study with such a run gets no figure: counting
+    its epochs against the other runs' wall time alone would overstate the share (above 100%)."""
+    runs = manifest.get("runs", [])
     slots = manifest.get("slots")
     if not runs or not slots or epochs.empty:
         return []
+    killed = sum(1 for r in runs if not r.get("ended"))
+    if killed:
+        return [f"- Sweep cost: not computed: {killed} of {len(runs)} invocation(s) ended without recording an "
+                f"end time (killed, or still running)"]
     wall = sum((pd.Timestamp(r["ended"]) - pd.Timestamp(r["started"])).total_seconds() for r in runs)
     train = epochs["epoch_time_s"].sum()
     return [f"- Sweep cost: {wall / 60:.1f} min of wall time over {len(runs)} invocation(s) x {slots:g} parallel "
