@@ -49,16 +49,21 @@ def cores() -> int:
 
 
 def device_name(device: torch.device) -> str:
-    """What a speed or time figure was measured on: the GPU's name, or the CPU model and its cores."""
+    """What a figure was measured on: the GPU's name, or the CPU model, family, cores and the vector ISA
+    torch's kernels use. Two CPUs both named "AMD EPYC" differed 10x in speed and in the last bits of every
+    result: the family and ISA tell them apart (CPU determinism holds per machine, not across them)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({cores()} cores)"
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or "cpu"
+    name = info.get("model name") or platform.processor() or "cpu"
+    family = f"family {info['cpu family']} model {info.get('model', '?')}, " if "cpu family" in info else ""
+    return f"{name} ({family}{cores()} cores, {torch.backends.cpu.get_cpu_capability()})"
 
 
 @dataclass
