@@ -61,3 +61,19 @@ def test_bad_command_line_is_one_line_and_exit_2(tmp_path, args, expected):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, overrides", [
+    (["sweep", "s.yaml", "--storage", "/s", "seeds=[0]", "resources.gpu=0.5"], ["seeds=[0]", "resources.gpu=0.5"]),
+    (["sweep", "s.yaml", "seeds=[0]", "--storage", "/s", "name=x"], ["seeds=[0]", "name=x"]),
+    (["train", "epochs=1", "--out", "o", "seed=3"], ["epochs=1", "seed=3"]),
+])
+def test_overrides_may_follow_options(argv, overrides):
+    from ablation.cli import parse
+
+    assert parse(argv).overrides == overrides
+
+
+def test_a_stray_word_after_options_is_still_an_error(tmp_path):
+    result = ablation("sweep", "s.yaml", "--storage", str(tmp_path), "seeds", cwd=tmp_path)
+    assert result.returncode == 2 and "unrecognized arguments: seeds" in result.stderr
