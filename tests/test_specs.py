@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ablation.config import ConfigError, TrialConfig
 from ablation.spec import plan
 from ablation.sweep import load_spec
 
@@ -38,3 +39,14 @@ def test_report_spec_is_the_reports_protocol():
     assert {c.freeze for c in ft} == {4, 0} and {c.epochs for c in ft} == {20}
     assert {(c.lr, c.momentum, c.weight_decay, c.batch_size, c.stem) for c in ft} == {(0.01, 0.9, 5e-4, 128, "imagenet")}
     assert len({c.seed for c in ft}) == 3
+    assert {c.augment for c in (t.config for t in trials)} == {"on"}  # the assignment cropped + flipped in both
+
+
+def test_yaml_on_off_reach_on_off_choices_as_words(tmp_path):
+    """YAML 1.1 reads a bare `off` as False: a key whose choices are on/off takes it as the word; others refuse."""
+    trials = plan(load_spec(str(SPECS[0].parent / "demo.yaml")), tmp_path / "demo")
+    assert {t.config.augment for t in trials if t.config.stage == "rotation"} == {"off"}
+    assert {t.config.augment for t in trials if t.config.stage == "finetune"} == {"on"}
+    assert TrialConfig.from_dict({"channels_last": True}).channels_last == "on"
+    with pytest.raises(ConfigError, match="stem must be str, got False"):
+        TrialConfig.from_dict({"stem": False})

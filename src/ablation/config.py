@@ -45,9 +45,9 @@ class TrialConfig:
     test_subset: int = _opt(0, "stratified test subset size; 0 = the whole test split", lo=0)
     labels_per_class: int = _opt(0, "finetune only: labelled training images per class; 0 = all", lo=0)
     data_seed: int = _opt(0, "seed of the subsets, fixed across trial seeds so seeds vary only the training", lo=0)
-    augment: str = _opt("auto", "random crop (pad 4) + horizontal flip of training batches; auto = on for finetune, "
-                        "off for rotation (the turn is the pretext task's augmentation; crops slowed it: README)",
-                        choices=("auto", "on", "off"))
+    augment: str = _opt("on", "random crop (pad 4) + horizontal flip of training batches, in both stages as the "
+                        "report's assignment did; auto = finetune only (small rotation runs learn faster: README)",
+                        choices=("on", "off", "auto"))
     rotation_mode: str = _opt("random1", "random1 = one random quarter-turn per image (the report); "
                               "all4 = all four turns of each image in one batch (RotNet)", choices=("random1", "all4"))
     # the network
@@ -144,7 +144,9 @@ def coerce(f: dataclasses.Field, value: Any, where: str = "config") -> Any:
                 raise TypeError
             value = float(value)
         elif kind is str:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            if isinstance(value, bool) and {"on", "off"} <= set(f.metadata.get("choices") or ()):
+                value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
+            elif not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise TypeError
             value = str(value)
     except (TypeError, ValueError):

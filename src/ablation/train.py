@@ -124,9 +124,14 @@ def _autocast(s: Setup):
     return torch.autocast(s.device.type, dtype=torch.bfloat16) if s.bf16 else contextlib.nullcontext()
 
 
+def augments(cfg: TrialConfig) -> bool:
+    """Whether training batches get crop + flip: `auto` (the default before 2026-11-30) is finetune only."""
+    return cfg.augment == "on" or (cfg.augment == "auto" and cfg.stage == "finetune")
+
+
 def make_inputs(s: Setup, x: torch.Tensor, y: torch.Tensor, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images + class labels -> normalised model inputs + targets for the run's stage."""
-    if train and (s.cfg.augment == "on" or (s.cfg.augment == "auto" and s.cfg.stage == "finetune")):
+    if train and augments(s.cfg):
         x = D.augment(x, s.gen)
     if s.cfg.stage == "rotation":
         x, y = D.rotation_batch(x, s.cfg.rotation_mode if train else "all4", s.gen)
