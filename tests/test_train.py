@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from ablation import rundir
-from ablation.checkpoint import checkpoint_dirs, load_checkpoint
-from ablation.models import FREEZE_GROUPS
+from ablation.checkpoint import checkpoint_dirs, load_checkpoint, resolve_pretrained
+from ablation.models import FREEZE_GROUPS, weights_digest
 from ablation.train import METRIC_COLUMNS, InjectedFault, build, train
 from conftest import tiny
 
@@ -51,6 +53,16 @@ def test_frozen_weights_and_batchnorm_buffers_do_not_move(rotation_run, freeze):
         assert "layer3.1.bn2.running_mean" not in moved
     pretrained = load_checkpoint(checkpoint_dirs(out)[0])["model"]
     assert torch.equal(before["layer1.0.conv1.weight"], pretrained["layer1.0.conv1.weight"])
+
+
+def test_run_json_names_the_backbone_it_started_from(rotation_run, tmp_path):
+    _, out, _ = rotation_run
+    cfg = tiny(stage="finetune", init="pretrained", pretrained_from=str(out), freeze=4, epochs=1)
+    rundir.run(cfg, tmp_path, log=lambda _: None)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["pretrained_digest"] == weights_digest(resolve_pretrained(str(out))) != ""
+    rundir.run(tiny(stage="finetune", epochs=1), tmp_path / "random", log=lambda _: None)
+    assert json.loads((tmp_path / "random" / "run.json").read_text())["pretrained_digest"] == ""
 
 
 def test_two_runs_with_one_seed_are_identical_and_another_seed_differs():

@@ -2,7 +2,7 @@
 
 Why: a run killed at any moment must resume from its last epoch when its command is run again, and a
 directory must never silently mix two configs. Layout:
-    DIR/run.json                  config, provenance, data copy
+    DIR/run.json                  config, provenance, data copy, digest of a pretrained backbone
     DIR/metrics.csv               one row per epoch (train.METRIC_COLUMNS)
     DIR/checkpoints/epoch_NNNN/   the newest KEEP checkpoints (state.pt + meta.json)
 """
@@ -61,7 +61,8 @@ def run(cfg: TrialConfig, out: Path, log: Callable[[str], None] = print) -> list
         if not (out / "run.json").exists():
             out.mkdir(parents=True, exist_ok=True)
             record = {"config": cfg.to_dict(), "data_fingerprint": state["data_fingerprint"],
-                      "device": row["device"], "provenance": provenance.record()}
+                      "pretrained_digest": state["pretrained_digest"], "device": row["device"],
+                      "provenance": provenance.record()}
             write_atomic(out / "run.json", json.dumps(record, indent=1))
         save_checkpoint(out / "checkpoints" / f"epoch_{row['epoch']:04d}", state)
         write_atomic(out / "metrics.csv", metrics_csv(state["history"]))
