@@ -187,6 +187,10 @@ def run_phase(study_dir: Location, phase: str, trials: list[Trial], spec: Spec, 
     from .trainable import run_trial
 
     trainable = tune.with_resources(run_trial, {"cpu": spec.cpu, "gpu": gpu})
+    # num_to_keep makes Tune snapshot the experiment whenever a trial saved that many checkpoints since the
+    # last snapshot: wanted (a restore then sees the trial's progress), but with epochs of seconds Tune warns
+    # about it on every snapshot. A user's own setting of the variable wins.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     path = store.child(study_dir, phase)
     configs = [{"id": t.id, "config": t.config.to_dict(), "dir": str(store.child(path, t.id)), "gpu": gpu}
                for t in trials]
