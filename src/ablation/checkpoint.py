@@ -81,15 +81,17 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 
 def newest_first(dirs: list[Path]) -> list[Path]:
-    """Order by the epoch in meta.json, not by name: Tune's checkpoint numbering can repeat after a restore."""
+    """Order by the epoch in meta.json, then by when meta.json was written, not by name: after a restore
+    Tune numbers checkpoints on from its own snapshot, so a retrained epoch can land in a lower-numbered
+    directory than a stale (perhaps torn) copy of the same epoch."""
 
-    def epoch_of(d: Path) -> int:
+    def key(d: Path) -> tuple[int, float, str]:
         try:
-            return int(read_meta(d)["epoch"])
-        except (CheckpointError, KeyError, ValueError):
-            return -1
+            return int(read_meta(d)["epoch"]), (d / META_FILE).stat().st_mtime, d.name
+        except (CheckpointError, KeyError, ValueError, OSError):
+            return -1, 0.0, d.name
 
-    return sorted(set(dirs), key=lambda d: (epoch_of(d), d.name), reverse=True)
+    return sorted(set(dirs), key=key, reverse=True)
 
 
 def load_latest(candidates: list[Path], warn=None) -> dict[str, Any] | None:
