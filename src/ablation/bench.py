@@ -33,7 +33,7 @@ from . import data as D
 from .checkpoint import write_atomic
 from .config import ConfigError, TrialConfig, UserError
 from .models import set_train_mode
-from .train import Setup, augments, build, cores, device_name, make_inputs, train_batches, train_step
+from .train import Setup, build, cores, device_name, make_inputs, train_batches, train_step
 
 CASES: dict[str, dict] = {
     "rotation-random1": dict(stage="rotation", rotation_mode="random1"),
@@ -129,7 +129,7 @@ def naive_step(s: Setup) -> Callable[[], int]:
     """The same train_step fed by a DataLoader over NaiveDataset, one worker per core; step.close() stops them."""
     cfg = s.cfg
     rotation = cfg.rotation_mode if cfg.stage == "rotation" else None
-    ds = NaiveDataset(s.data.train.x, s.data.train.y, s.data.mean, s.data.std, augments(cfg), rotation)
+    ds = NaiveDataset(s.data.train.x, s.data.train.y, s.data.mean, s.data.std, cfg.augments, rotation)
     loader = torch.utils.data.DataLoader(
         ds, batch_size=cfg.batch_size // 4 if rotation == "all4" else cfg.batch_size, shuffle=True,
         drop_last=True, num_workers=cores(), pin_memory=s.device.type == "cuda")

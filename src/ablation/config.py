@@ -102,6 +102,11 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def augments(self) -> bool:
+        """Whether training batches get crop + flip: `auto` (the default before 2026-11-30) is finetune only."""
+        return self.augment == "on" or (self.augment == "auto" and self.stage == "finetune")
+
     def check(self) -> None:
         """Cross-field rules that a single field's range cannot say."""
         if self.init == "pretrained" and self.stage == "finetune" and not self.pretrained_from:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 import platform
@@ -48,6 +49,7 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
+@functools.lru_cache(maxsize=None)  # every epoch row names its device: read /proc/cpuinfo once
 def device_name(device: torch.device) -> str:
     """What a figure was measured on: the GPU's name, or the CPU model, family, cores and the vector ISA
     torch's kernels use. Two CPUs both named "AMD EPYC" differed 10x in speed and in the last bits of every
@@ -124,14 +126,9 @@ def _autocast(s: Setup):
     return torch.autocast(s.device.type, dtype=torch.bfloat16) if s.bf16 else contextlib.nullcontext()
 
 
-def augments(cfg: TrialConfig) -> bool:
-    """Whether training batches get crop + flip: `auto` (the default before 2026-11-30) is finetune only."""
-    return cfg.augment == "on" or (cfg.augment == "auto" and cfg.stage == "finetune")
-
-
 def make_inputs(s: Setup, x: torch.Tensor, y: torch.Tensor, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images + class labels -> normalised model inputs + targets for the run's stage."""
-    if train and augments(s.cfg):
+    if train and s.cfg.augments:
         x = D.augment(x, s.gen)
     if s.cfg.stage == "rotation":
         x, y = D.rotation_batch(x, s.cfg.rotation_mode if train else "all4", s.gen)
