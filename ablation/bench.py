@@ -31,7 +31,7 @@ from torchvision import transforms as T
 
 from . import data as D
 from .checkpoint import write_atomic
-from .config import ConfigError, TrialConfig, UserError
+from .config import ConfigError, TrialConfig, UserError, unwritable
 from .models import set_train_mode
 from .train import Setup, build, cores, device_name, make_inputs, train_batches, train_step
 
@@ -70,9 +70,15 @@ def timed(step: Callable[[], int], warmup: int, steps: int, device: torch.device
 
 
 def forever(make: Callable[[], Iterable]) -> Iterator:
-    """Batches without end: a new epoch whenever one runs out (timed steps may exceed one epoch)."""
+    """Batches without end: a new epoch whenever one runs out (timed steps may exceed one epoch). An epoch
+    without a single batch stops it (it would spin for ever: main checks the batch fits the data first)."""
     while True:
-        yield from make()
+        empty = True
+        for batch in make():
+            empty = False
+            yield batch
+        if empty:
+            raise UserError("bench: an epoch of the training data gives no batch; lower --batch-size")
 
 
 # ---------------------------------------------------------------------------------------------- the three steps
@@ -152,7 +158,25 @@ def naive_step(s: Setup) -> Callable[[], int]:
 
 def case_config(name: str, args, device: str) -> TrialConfig:
     return TrialConfig.from_dict({**CASES[name], "dataset": args.data, "data_dir": getattr(args, "data_dir", "data"),
-                                  "batch_size": args.batch_size, "device": device, "seed": 0})
+                                  "batch_size": args.batch_size, "device": device, "seed": 0}, where="bench")
+
+
+def images_per_step(cfg: TrialConfig) -> int:
+    """Training images one step of the case draws (all4: a quarter of the batch, each in four turns)."""
+    return cfg.batch_size // 4 if cfg.stage == "rotation" and cfg.rotation_mode == "all4" else cfg.batch_size
+
+
+def check_fits(cfgs: list[TrialConfig], data: D.Data, args) -> None:
+    """The naive loader drops a short last batch (as a user's would), so a batch larger than the training set
+    gives it no batch at all: refuse that in one line before measuring anything."""
+    have = len(data.train.y)
+    for cfg in cfgs:
+        need = images_per_step(cfg)
+        if need > have:
+            most = have * 4 if need != cfg.batch_size else have
+            fix = f"use --batch-size {most} or less, or more images" if most >= 4 else "give it more images"
+            raise ConfigError(f"bench: --batch-size {cfg.batch_size} needs {need} training images per step but "
+                              f"--data {args.data} has {have}; {fix}")
 
 
 def run_case(name: str, args, device: str, data, log) -> dict:
@@ -246,7 +270,25 @@ def resolve(args) -> str:
     args.cases = cases
     if args.steps < 1 or args.warmup < 0 or args.concurrent < 1:
         raise UserError("--steps and --concurrent must be >= 1 and --warmup >= 0")
+    if getattr(args, "json", None):
+        check_json_path(args.json)
     return device
+
+
+def check_json_path(path: str) -> None:
+    """--json is written after minutes of measuring: a place it cannot go is refused before the first step.
+    Its folder must exist already (nothing is created for a refused run)."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UserError(f"--json {path} is a directory; give a file name, e.g. {Path(path) / 'bench.json'}")
+    folder = target.absolute().parent
+    if not folder.is_dir():
+        problem = unwritable(folder)
+        why = problem if problem and "is a file" in problem else f"folder {folder} does not exist"
+        raise UserError(f"--json {path}: {why}; create the folder first or choose another path")
+    problem = unwritable(folder)
+    if problem:
+        raise UserError(f"--json {path}: {problem}; choose another path")
 
 
 def main(args) -> int:
@@ -256,7 +298,9 @@ def main(args) -> int:
     log(f"bench on {env['device']}, torch {env['torch']}, {env['threads']} threads, batch {args.batch_size}, "
         f"{args.warmup} warm-up + {args.steps} timed steps per measurement, naive loader: {cores()} workers, "
         f"load average {env['loadavg_1min']:.2f} (other work on the cores skews every figure)")
-    data = D.load_data(case_config(args.cases[0], args, device))
+    cfgs = [case_config(name, args, device) for name in args.cases]  # every case's config, before loading
+    data = D.load_data(cfgs[0])
+    check_fits(cfgs, data, args)
     rows = []
     for name in args.cases:
         row = run_case(name, args, device, data, log)

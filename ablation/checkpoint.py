@@ -8,8 +8,8 @@ sha256 of state.pt). The same layout serves `ablation train` run dirs and Ray Tu
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +19,7 @@ import torch
 
 from .atomic import write_atomic
 from .config import UserError
+from .models import HEAD_KEYS
 from .store import download, is_uri
 
 STATE_FILE = "state.pt"
@@ -41,13 +42,12 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     """Write state into directory (created); meta.json goes last, so a checkpoint without it is incomplete."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{STATE_FILE}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, directory / STATE_FILE)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    blob = buf.getvalue()
+    write_atomic(directory / STATE_FILE, blob)
     meta = {"epoch": state["epoch"], "epochs": state["epochs"], "stage": state["config"]["stage"],
-            "sha256": sha256_file(directory / STATE_FILE)}
+            "sha256": hashlib.sha256(blob).hexdigest()}
     write_atomic(directory / META_FILE, json.dumps(meta, indent=1))
     return directory
 
@@ -73,11 +73,8 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Checkpoint directories of a run, newest first: `ablation train`'s checkpoints/epoch_* and Tune's
-    checkpoint_*."""
-    run_dir = Path(run_dir)
-    return newest_first([d for pattern in ("checkpoints/epoch_*", "checkpoint_*") for d in run_dir.glob(pattern)
-                         if d.is_dir()])
+    """Checkpoint directories of a run dir (rundir.py's checkpoints/epoch_*), newest first."""
+    return newest_first([d for d in Path(run_dir).glob("checkpoints/epoch_*") if d.is_dir()])
 
 
 def newest_first(dirs: list[Path]) -> list[Path]:
@@ -131,4 +128,4 @@ def resolve_pretrained(source: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"pretrained_from={source}: rotation run stopped at epoch {state['epoch']} of "
                               f"{state['epochs']}; finish it first (rerun its command)")
     weights = state.get("model", state)  # a run's checkpoint, or a bare resnet18 state dict
-    return {k: v for k, v in weights.items() if not k.startswith("fc.")}
+    return {k: v for k, v in weights.items() if k not in HEAD_KEYS}

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import TrialConfig, UserError, defaults_table, parse_overrides, read_yaml
+from .config import TrialConfig, UserError, defaults_table, parse_overrides, read_yaml, unwritable
 
 
 def cmd_train(args) -> int:
@@ -20,6 +20,10 @@ def cmd_train(args) -> int:
     if not args.out:  # checked after the config, so a bad key is named even when --out is missing too
         raise UserError("train needs --out DIR (the run directory for metrics.csv and checkpoints; "
                         "rerun with the same --out to resume)")
+    if "://" not in args.out:  # a URI run dir is staged locally and pushed; its store answers for itself
+        problem = unwritable(args.out)
+        if problem:  # before any data loading: not a traceback after the first epoch
+            raise UserError(f"--out {args.out}: {problem}; choose another --out")
     from .rundir import run  # torch is imported only once the config is known to be good
 
     run(cfg, Path(args.out), log=lambda msg: print(msg, flush=True))
@@ -37,7 +41,7 @@ def cmd_sweep(args) -> int:
 def local_study(location: str) -> Path:
     """The study as a local folder: the path itself, or a copy of a URI study (checked to be one first)."""
     from .store import is_uri, local_copy
-    from .sweep import read_manifest
+    from .study import read_manifest
 
     if is_uri(location):
         read_manifest(location)  # not a study: one line naming the URI, and nothing copied
@@ -69,6 +73,21 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
+class VersionAction(argparse.Action):
+    """`ablation --version`: the package version and the code version (git commit, .dirty if edited), which
+    every run dir and study manifest records too; git runs only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+        from .provenance import code_version
+
+        print(f"ablation {__version__} (code {code_version()})")
+        parser.exit(0)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Usage mistakes, like every other bad input, are one line on stderr and exit code 2."""
 
@@ -78,6 +97,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="ablation", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action=VersionAction, help="print the package and code version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="run one trial without Ray", formatter_class=argparse.RawDescriptionHelpFormatter,

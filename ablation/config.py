@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,11 +25,17 @@ class ConfigError(UserError, ValueError):
     """A bad key or value in a config, spec or override."""
 
 
-def _opt(default, doc, *, choices=None, lo=None, hi=None, lo_open=False):
-    return field(default=default, metadata={"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open})
+def _opt(default, doc, *, choices=None, lo=None, hi=None, lo_open=False, stage=None):
+    """A config key: its default, its one-line doc, its valid choices or range, and, for a key that only one
+    stage reads, that stage (TrialConfig.check refuses it at a non-default value in the other stage)."""
+    return field(default=default, metadata={"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open,
+                                            "stage": stage})
 
 
 STAGES = ("rotation", "finetune")
+SEED_MAX = 2**32 - 1  # torch's generators take seeds below 2**64; data_seed + 1 seeds the test subset
+# Keys that say where things are, not what is computed: a trial's identity and a resume ignore them.
+LOCATION_KEYS = ("data_dir", "cache_dir", "pretrained_from")
 DATASETS = ("cifar10", "fashion-mnist", "imagefolder")
 
 
@@ -43,21 +51,24 @@ class TrialConfig:
     cache_dir: str = _opt("", "where decoded image folders are cached; empty = ~/.cache/ablation")
     train_subset: int = _opt(0, "stratified training subset size; 0 = the whole training split", lo=0)
     test_subset: int = _opt(0, "stratified test subset size; 0 = the whole test split", lo=0)
-    labels_per_class: int = _opt(0, "finetune only: labelled training images per class; 0 = all", lo=0)
-    data_seed: int = _opt(0, "seed of the subsets, fixed across trial seeds so seeds vary only the training", lo=0)
+    labels_per_class: int = _opt(0, "finetune only: labelled training images per class; 0 = all", lo=0,
+                                 stage="finetune")
+    data_seed: int = _opt(0, "seed of the subsets, fixed across trial seeds so seeds vary only the training", lo=0,
+                          hi=SEED_MAX)
     augment: str = _opt("on", "random crop (pad 4) + horizontal flip of training batches, in both stages as the "
                         "report's assignment did; auto = finetune only (small rotation runs learn faster: README)",
                         choices=("on", "off", "auto"))
     rotation_mode: str = _opt("random1", "random1 = one random quarter-turn per image (the report); "
-                              "all4 = all four turns of each image in one batch (RotNet)", choices=("random1", "all4"))
+                              "all4 = all four turns of each image in one batch (RotNet)", choices=("random1", "all4"),
+                              stage="rotation")
     # the network
     stem: str = _opt("imagenet", "imagenet = torchvision resnet18 as is (the report); cifar = 3x3 stride-1 conv1, "
                      "no max-pool", choices=("imagenet", "cifar"))
     init: str = _opt("random", "finetune only: random, or pretrained (backbone of a rotation run)",
-                     choices=("random", "pretrained"))
-    pretrained_from: str = _opt("", "rotation run dir or checkpoint file, when init=pretrained")
+                     choices=("random", "pretrained"), stage="finetune")
+    pretrained_from: str = _opt("", "rotation run dir or checkpoint file, when init=pretrained", stage="finetune")
     freeze: int = _opt(0, "freeze the first K of [stem, layer1, layer2, layer3, layer4]; 0 = full fine-tuning, "
-                       "4 = the report's layer4+fc, 5 = linear probe", lo=0, hi=5)
+                       "4 = the report's layer4+fc, 5 = linear probe", lo=0, hi=5, stage="finetune")
     # optimisation
     epochs: int = _opt(20, "training epochs (the report: 20 for each fine-tuning stage)", lo=1)
     batch_size: int = _opt(128, "model inputs per step (all4: batch_size/4 images x 4 turns)", lo=4)
@@ -72,7 +83,7 @@ class TrialConfig:
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing", lo=0.0, hi=0.999)
     eval_batch_size: int = _opt(1024, "batch size of the gradient-free evaluation", lo=1)
     # execution
-    seed: int = _opt(0, "seed of weights, batch order and augmentation", lo=0)
+    seed: int = _opt(0, "seed of weights, batch order and augmentation", lo=0, hi=SEED_MAX)
     device: str = _opt("auto", "auto = cuda when available, else cpu", choices=("auto", "cpu", "cuda"))
     precision: str = _opt("auto", "auto = bf16 autocast on cuda, fp32 on cpu", choices=("auto", "fp32", "bf16"))
     channels_last: str = _opt("auto", "auto = on for cuda", choices=("auto", "on", "off"))
@@ -107,23 +118,47 @@ class TrialConfig:
         """Whether training batches get crop + flip: `auto` (the default before 2026-11-30) is finetune only."""
         return self.augment == "on" or (self.augment == "auto" and self.stage == "finetune")
 
+    @classmethod
+    def stage_only_keys(cls) -> dict[str, str]:
+        """Keys that only one stage reads -> that stage. Rule: the other stage refuses them at a non-default
+        value (one line), so that a key that would be ignored is never silently accepted."""
+        return {name: f.metadata["stage"] for name, f in cls.fields().items() if f.metadata.get("stage")}
+
     def check(self) -> None:
         """Cross-field rules that a single field's range cannot say."""
+        fields = self.fields()
+        for key, stage in self.stage_only_keys().items():
+            if self.stage != stage and getattr(self, key) != fields[key].default:
+                raise ConfigError(f"{key} applies to stage={stage} only; drop {key}= or set stage={stage}")
         if self.init == "pretrained" and self.stage == "finetune" and not self.pretrained_from:
             raise ConfigError("init=pretrained needs pretrained_from=<rotation run dir or checkpoint>")
-        if self.stage == "rotation" and self.freeze:
-            raise ConfigError("freeze applies to stage=finetune only; drop freeze= or set stage=finetune")
+        if self.pretrained_from and self.init != "pretrained":
+            raise ConfigError("pretrained_from is read only with init=pretrained; drop pretrained_from= "
+                              "or set init=pretrained")
+        if self.labels_per_class and self.train_subset:
+            raise ConfigError(f"train_subset={self.train_subset} and labels_per_class={self.labels_per_class} both "
+                              f"cut the training split (the second would silently cut the first); set only one")
         if self.rotation_mode == "all4" and self.batch_size % 4:
             raise ConfigError(f"rotation_mode=all4 needs batch_size divisible by 4, got {self.batch_size}")
+
+    def identity(self) -> dict[str, Any]:
+        """What the run computes: every key but where its data, cache and pretrained weights live."""
+        return {k: v for k, v in self.to_dict().items() if k not in LOCATION_KEYS}
 
     def describe(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-def unknown_key_message(key: str, known: Iterable[str], where: str) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
+def unknown_key_message(key: Any, known: Iterable[str], where: str) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1) if isinstance(key, str) else []
     hint = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(sorted(known))
-    return f"{where}: unknown key '{key}' ({hint})"
+    return f"{where}: unknown key {shown(key)} ({hint})"
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """repr of a value for a one-line message: quotes and escapes (a newline stays on the line), cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -154,11 +189,15 @@ def coerce(f: dataclasses.Field, value: Any, where: str = "config") -> Any:
             elif not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise TypeError
             value = str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {name} must be {kind.__name__}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{where}: {name} must be {kind.__name__}, got {shown(value)}") from None
+    if kind is float and not math.isfinite(value):  # nan passes every range test; inf and 1e999 train to nan
+        raise ConfigError(f"{where}: {name}={value} is not a finite number; use a number like {f.default}")
+    if kind is str and "\0" in value:
+        raise ConfigError(f"{where}: {name} contains a NUL character; remove it")
     meta = f.metadata
     if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{where}: {name}={value!r} is not one of {', '.join(meta['choices'])}")
+        raise ConfigError(f"{where}: {name}={shown(value)} is not one of {', '.join(meta['choices'])}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
         rng = f"> {lo}" if meta.get("lo_open") else f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
@@ -173,10 +212,27 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override '{item}' is not key=value (e.g. epochs=5)")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {shown(item)} is not key=value (e.g. epochs=5)")
         out[key.strip()] = value.strip()
     return out
+
+
+def unwritable(path: str | os.PathLike) -> str | None:
+    """Why a directory could not be created at `path` or written in, or None when it can (nothing is created:
+    the nearest existing ancestor must be a writable directory). Output locations are checked with this
+    before any data loading or training, so a bad one costs a line, not a run."""
+    try:
+        probe = Path(path).expanduser().absolute()
+        while not probe.exists():
+            probe = probe.parent
+    except (OSError, ValueError) as exc:
+        return f"cannot be reached ({getattr(exc, 'strerror', None) or exc})"
+    if not probe.is_dir():
+        return f"{probe} is a file, not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable (read-only file system or no permission)"
+    return None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -187,6 +243,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}; check the path") from None
+    except (UnicodeDecodeError, ValueError):  # binary or not UTF-8; a NUL byte in the path
+        raise ConfigError(f"{path}: not a UTF-8 text file; give a YAML file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

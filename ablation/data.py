@@ -7,18 +7,22 @@ and rotations then act on whole batches there, with no per-sample Python in the 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
+import json
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import ConfigError, TrialConfig, UserError
+from .atomic import write_atomic
+from .config import ConfigError, TrialConfig, UserError, unwritable
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 CIFAR_JPEG_HINT = "dataset=imagefolder data_dir=<unzipped ../shared/data/cifar10-jpeg or the folder with its zips>"
@@ -50,10 +54,10 @@ class Data:
 def load_data(cfg: TrialConfig) -> Data:
     """Load cfg.dataset and cut the subsets cfg asks for (stratified, seeded by cfg.data_seed)."""
     train, test, classes = _LOADERS[cfg.dataset](cfg)
+    _check_subsets(cfg, train.y, test.y)
     mean, std = channel_stats(train.x)
     fingerprint = fingerprint_of(train, test)
     if cfg.stage == "finetune" and cfg.labels_per_class:
-        _check_labels_per_class(cfg, train.y)
         train = take(train, per_class_subset(train.y, cfg.labels_per_class, cfg.data_seed))
     if cfg.train_subset and cfg.train_subset < len(train.y):
         train = take(train, stratified_subset(train.y, cfg.train_subset, cfg.data_seed))
@@ -62,25 +66,36 @@ def load_data(cfg: TrialConfig) -> Data:
     return Data(train, test, classes, mean, std, fingerprint)
 
 
-def _check_labels_per_class(cfg: TrialConfig, labels: torch.Tensor) -> None:
-    have = int(torch.bincount(labels).min())
-    if cfg.labels_per_class > have:
-        raise ConfigError(f"labels_per_class={cfg.labels_per_class} exceeds the {have} images per class "
-                          f"that {cfg.dataset} has; use at most {have}")
+def _source_name(cfg: TrialConfig) -> str:
+    return f"imagefolder {cfg.data_dir}" if cfg.dataset == "imagefolder" else cfg.dataset
+
+
+def _check_subsets(cfg: TrialConfig, train_labels: torch.Tensor, test_labels: torch.Tensor) -> None:
+    """A subset never silently holds less than it says: one larger than its split, or labels per class beyond
+    the smallest class, is refused."""
+    if cfg.stage == "finetune" and cfg.labels_per_class:
+        have = int(torch.bincount(train_labels).min())
+        if cfg.labels_per_class > have:
+            raise ConfigError(f"labels_per_class={cfg.labels_per_class} exceeds the {have} images per class "
+                              f"that {_source_name(cfg)} has; use at most {have}")
+    for key, labels, split in (("train_subset", train_labels, "training"), ("test_subset", test_labels, "test")):
+        want, have = getattr(cfg, key), len(labels)
+        if want > have:
+            raise ConfigError(f"{key}={want} exceeds the {have} {split} images of {_source_name(cfg)}; "
+                              f"use at most {have} (0 = all of them)")
 
 
 def preflight(cfgs: list[TrialConfig]) -> dict[str, str]:
-    """Load each distinct data source of a study once, before anything is written: a missing dataset or
-    a labels_per_class beyond it fails here. Returns {"dataset:data_dir": fingerprint} for the manifest."""
+    """Load each distinct data source of a study once, before anything is written: a missing dataset, or a
+    subset or labels_per_class beyond it, fails here. Returns {"dataset:data_dir": fingerprint} for the manifest."""
     loaded: dict[tuple, tuple] = {}
     for cfg in cfgs:
         key = (cfg.dataset, cfg.data_dir if cfg.dataset != "fashion-mnist" else "", cfg.cache_dir)
         if key not in loaded:
             train, test, _ = _LOADERS[cfg.dataset](cfg)
-            loaded[key] = (fingerprint_of(train, test), train.y)
-        if cfg.stage == "finetune" and cfg.labels_per_class:
-            _check_labels_per_class(cfg, loaded[key][1])
-    return {f"{d}:{src}" if src else d: fp for (d, src, _), (fp, _) in loaded.items()}
+            loaded[key] = (fingerprint_of(train, test), train.y, test.y)
+        _check_subsets(cfg, *loaded[key][1:])
+    return {f"{d}:{src}" if src else d: fp for (d, src, _), (fp, *_) in loaded.items()}
 
 
 def take(split: Split, idx: torch.Tensor) -> Split:
@@ -109,11 +124,15 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        raw = fh.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+        ndim = raw[3]
+        dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    except (OSError, EOFError, zlib.error, IndexError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable gzipped idx file ({_reason(exc)}); reinstall it "
+                        f"('apt-get install --reinstall dataset-fashion-mnist') or download it again") from None
 
 
 def _load_fashion_mnist(cfg: TrialConfig):
@@ -137,35 +156,109 @@ def _load_fashion_mnist(cfg: TrialConfig):
 
     def split(which):
         imgs, labels = names[which]
-        x = torch.from_numpy(_read_idx(src / imgs).copy())
-        x = torch.nn.functional.pad(x, (2, 2, 2, 2)).unsqueeze(1).repeat(1, 3, 1, 1).contiguous()
-        return Split(x, torch.from_numpy(_read_idx(src / labels).astype(np.int64)))
+        x, y = _read_idx(src / imgs), _read_idx(src / labels)
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(y) != len(x) or y.max(initial=0) > 9:
+            raise DataError(f"{src}: {imgs} and {labels} are not a Fashion-MNIST split (images {x.shape}, "
+                            f"labels {y.shape}); reinstall dataset-fashion-mnist or download it again")
+        x = torch.nn.functional.pad(torch.from_numpy(x.copy()), (2, 2, 2, 2)).unsqueeze(1).repeat(1, 3, 1, 1)
+        return Split(x.contiguous(), torch.from_numpy(y.astype(np.int64)))
 
     return split("train"), split("test"), list(FASHION_CLASSES)
 
 
 def _load_imagefolder(cfg: TrialConfig):
-    """root/{train,test}/<class>/* as folders or as root/{train,test}.zip; decoded once, then cached."""
+    """root/{train,test}/<class>/* as folders or as root/{train,test}.zip; decoded once, then cached.
+
+    The cache is keyed by what it holds: the name, size, mtime and ctime of every file under train/ and
+    test/ (of the zip itself for a zip), so an image replaced, added or removed is decoded anew. A side file
+    per root keeps the listing the cache was made from, to say in one line why a cache is re-decoded."""
     root = Path(cfg.data_dir).expanduser().resolve()
     sources = {s: _folder_source(root, s) for s in ("train", "test")}
-    stamp = hashlib.sha256(repr(sorted((s, str(p), p.stat().st_size, p.stat().st_mtime_ns)
-                                       for s, p in sources.items())).encode()).hexdigest()[:16]
+    listing = {s: _list_source(src) for s, src in sources.items()}
+    stamp = hashlib.sha256(json.dumps([CACHE_FORMAT, str(root), {s: [str(sources[s]), listing[s]] for s in listing}])
+                           .encode()).hexdigest()[:16]
     cache_root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else Path.home() / ".cache" / "ablation"
     cache = cache_root / f"imagefolder-{stamp}.pt"
-    if cache.exists():
-        try:
-            blob = torch.load(cache, weights_only=True)
-            return Split(blob["train_x"], blob["train_y"]), Split(blob["test_x"], blob["test_y"]), blob["classes"]
-        except Exception:
-            cache.unlink(missing_ok=True)  # a torn cache is rebuilt, never trusted
-    (tx, ty, classes), (vx, vy, vclasses) = (_decode(sources[s], s) for s in ("train", "test"))
+    index = cache_root / f"imagefolder-{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.json"
+    try:
+        blob = torch.load(cache, weights_only=True)
+        return Split(blob["train_x"], blob["train_y"]), Split(blob["test_x"], blob["test_y"]), blob["classes"]
+    except FileNotFoundError:
+        pass
+    except Exception:  # a torn cache is rebuilt, never trusted
+        with contextlib.suppress(OSError):
+            cache.unlink(missing_ok=True)
+    problem = unwritable(cache_root)  # before minutes of decoding, not after
+    if problem:
+        raise DataError(f"cache_dir={cfg.cache_dir or cache_root}: {problem}; set cache_dir= to a writable folder")
+    files = {f"{s}/{name}": entry for s in listing for name, *entry in listing[s]}
+    old = _read_index(index)
+    print(f"imagefolder: {_why_decode(root, old, stamp, files, cache_root)}", flush=True)
+    (tx, ty, classes), (vx, vy, vclasses) = (_decode(sources[s], s, listing[s]) for s in ("train", "test"))
     if classes != vclasses:
         raise DataError(f"{root}: train classes {classes} differ from test classes {vclasses}")
+    if tx.shape[1:] != vx.shape[1:]:
+        raise DataError(f"imagefolder: {root}: train images are {tx.shape[-2]}x{tx.shape[-1]} but test images "
+                        f"{vx.shape[-2]}x{vx.shape[-1]}; resize them to one size")
     cache_root.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
     torch.save({"train_x": tx, "train_y": ty, "test_x": vx, "test_y": vy, "classes": classes}, tmp)
     os.replace(tmp, cache)
+    if old and old.get("stamp") != stamp:  # the old copy's cache is stale for good: free its disk
+        (cache_root / f"imagefolder-{old['stamp']}.pt").unlink(missing_ok=True)
+    write_atomic(index, json.dumps({"root": str(root), "stamp": stamp, "files": files}))
     return Split(tx, ty), Split(vx, vy), classes
+
+
+CACHE_FORMAT = 2  # part of the cache key: bump it when what a cache holds changes
+
+
+def _list_source(src: Path) -> list[tuple[str, int, int, int]]:
+    """(name, size, mtime_ns, ctime_ns) of every file under a split's folder (names relative to it), or of
+    the zip itself. ctime catches a file replaced with its old mtime kept (cp -p, rsync -a, tar)."""
+    def entry(path: str, name: str) -> tuple[str, int, int, int]:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise DataError(f"imagefolder: cannot read {path} ({exc.strerror}); fix its permissions or remove it") \
+                from None
+        return name, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    if not src.is_dir():
+        return [entry(str(src), src.name)]
+    out = []
+    for folder, dirs, names in os.walk(src, followlinks=True):
+        dirs.sort()
+        for name in names:
+            path = os.path.join(folder, name)
+            out.append(entry(path, Path(os.path.relpath(path, src)).as_posix()))
+    return sorted(out)
+
+
+def _read_index(index: Path) -> dict | None:
+    try:
+        old = json.loads(index.read_text())
+        return old if isinstance(old, dict) and isinstance(old.get("files"), dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _why_decode(root: Path, old: dict | None, stamp: str, files: dict, cache_root: Path) -> str:
+    """One line: why this image folder is decoded now (first use, changed files, or a lost cache)."""
+    n = len(files)
+    if old is None:
+        return f"decoding {root} ({n} files; first use, cached in {cache_root})"
+    if old.get("stamp") == stamp:
+        return f"decoding {root} again ({n} files; its cache in {cache_root} is missing or unreadable)"
+    before = old["files"]
+    added = sorted(set(files) - set(before))
+    removed = sorted(set(before) - set(files))
+    changed = sorted(k for k in set(files) & set(before) if list(files[k]) != list(before[k]))
+    parts = [f"{len(names)} {what} (e.g. {names[0]})" for what, names in
+             (("changed", changed), ("added", added), ("removed", removed)) if names]
+    if not parts:
+        return f"re-decoding {root}: the cache format changed since it was cached"
+    return f"re-decoding {root}: its files changed since it was cached ({', '.join(parts)}); the old cache is not used"
 
 
 def _folder_source(root: Path, split: str) -> Path:
@@ -176,30 +269,71 @@ def _folder_source(root: Path, split: str) -> Path:
                     f"data_dir= must hold train/<class>/* and test/<class>/* (folders or zips)")
 
 
-def _decode(src: Path, split: str):
+def _reason(exc: BaseException) -> str:
+    """An exception as a short reason for a one-line message."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image format PIL knows"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _image_name(name: str) -> bool:
+    """A class's image: <class>/<file>, not hidden (.DS_Store, ._x.jpg) and not macOS zip metadata."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(p and not p.startswith(".") for p in parts) and parts[0] != "__MACOSX"
+
+
+def _decode(src: Path, split: str, listing: list[tuple]):
+    """Every image of a split as one uint8 (N, 3, H, W) tensor and its labels; a file that is not an image, a
+    damaged zip, or images of different or non-square sizes are one DataError line that names the file."""
     from PIL import Image
 
     if src.is_dir():
-        files = sorted(p.relative_to(src).as_posix() for p in src.glob("*/*") if p.is_file())
+        files = [name for name, *_ in listing if _image_name(name)]
         read = lambda name: (src / name).read_bytes()  # noqa: E731
+        where = lambda name: src / name  # noqa: E731
     else:
-        zf = zipfile.ZipFile(src)
+        try:
+            zf = zipfile.ZipFile(src)
+            members = zf.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise DataError(f"imagefolder: {src} is not a readable zip ({_reason(exc)}); download or "
+                            f"re-create it, or unzip it into {src.with_suffix('')}/") from None
         prefix = f"{split}/"
-        files = sorted(n[len(prefix):] for n in zf.namelist() if n.startswith(prefix) and not n.endswith("/")
-                       and n.count("/") == 2)
+        files = sorted(n[len(prefix):] for n in members if n.startswith(prefix) and not n.endswith("/")
+                       and _image_name(n[len(prefix):]))
         read = lambda name: zf.read(prefix + name)  # noqa: E731
+        where = lambda name: f"{src}:{prefix}{name}"  # noqa: E731
     if not files:
         raise DataError(f"imagefolder: no images under {src} (expected {split}/<class>/<image>)")
     classes = sorted({f.split("/")[0] for f in files})
     index = {c: i for i, c in enumerate(classes)}
     images, labels = [], []
     for name in files:
-        with Image.open(io.BytesIO(read(name))) as im:
-            images.append(np.asarray(im.convert("RGB")))
+        try:
+            raw = read(name)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError, RuntimeError,
+                NotImplementedError) as exc:
+            raise DataError(f"imagefolder: cannot read {where(name)} ({_reason(exc)}); the archive or file is "
+                            f"damaged: download or re-create it") from None
+        try:
+            with Image.open(io.BytesIO(raw)) as im:
+                images.append(np.asarray(im.convert("RGB")))
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            raise DataError(f"imagefolder: {where(name)} is not a readable image ({_reason(exc)}); "
+                            f"remove or replace it") from None
         labels.append(index[name.split("/")[0]])
-    shapes = {a.shape for a in images}
-    if len(shapes) != 1:
-        raise DataError(f"imagefolder: images under {src} differ in size {sorted(shapes)[:3]}; resize them first")
+    odd = next((i for i, a in enumerate(images) if a.shape != images[0].shape), None)
+    if odd is not None:
+        size = lambda a: f"{a.shape[0]}x{a.shape[1]}"  # noqa: E731
+        raise DataError(f"imagefolder: images under {src} differ in size ({where(files[0])} is {size(images[0])}, "
+                        f"{where(files[odd])} is {size(images[odd])}); resize them to one size first")
+    h, w = images[0].shape[:2]
+    if h != w:
+        raise DataError(f"imagefolder: images under {src} are {h}x{w} (height x width), not square; quarter-turn "
+                        f"rotation needs square images: crop or resize them first")
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(labels, dtype=torch.int64), classes
 
@@ -232,15 +366,22 @@ def fingerprint_of(train: Split, test: Split) -> str:
 
 
 def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """n indices, split over classes as evenly as the class sizes allow (the first n % C classes get one more)."""
-    classes = torch.unique(labels)
-    base, extra = divmod(n, len(classes))
+    """min(n, len(labels)) indices, split over classes as evenly as the class sizes allow: n // C each and
+    one more for the first n % C classes; what a small class cannot give goes to the others in the same way,
+    so the subset always has its full size (on balanced data the split is the plain even one)."""
+    classes = torch.unique(labels).tolist()
+    pools = [torch.nonzero(labels == c).flatten() for c in classes]
+    take = [0] * len(classes)
+    left = min(n, len(labels))
+    while left:
+        open_ = [i for i, pool in enumerate(pools) if take[i] < len(pool)]
+        base, extra = divmod(left, len(open_))
+        for j, i in enumerate(open_):
+            k = min(len(pools[i]) - take[i], base + (1 if j < extra else 0))
+            take[i] += k
+            left -= k
     gen = torch.Generator().manual_seed(seed)
-    picked = []
-    for i, c in enumerate(classes.tolist()):
-        pool = torch.nonzero(labels == c).flatten()
-        k = min(len(pool), base + (1 if i < extra else 0))
-        picked.append(pool[torch.randperm(len(pool), generator=gen)[:k]])
+    picked = [pool[torch.randperm(len(pool), generator=gen)[:k]] for pool, k in zip(pools, take)]
     return torch.cat(picked).sort().values
 
 

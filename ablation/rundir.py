@@ -1,10 +1,15 @@
-"""A single run's directory for `ablation train`: config + provenance, metrics.csv, rolling checkpoints.
+"""A run directory, the one layout of every training run: `ablation train --out DIR` and each study trial.
 
-Why: a run killed at any moment must resume from its last epoch when its command is run again, and a
-directory must never silently mix two configs. Layout:
-    DIR/run.json                  config, provenance, data copy, digest of a pretrained backbone
-    DIR/metrics.csv               one row per epoch (train.METRIC_COLUMNS)
-    DIR/checkpoints/epoch_NNNN/   the newest KEEP checkpoints (state.pt + meta.json)
+Why: a run killed at any moment must resume from its last epoch when it is started again, with nothing lost
+and nothing mixed: the directory is the run's whole record, whatever started it (a shell, a Tune trial on
+any node). It may live at a URI (s3://, gs://, file://): it is then staged in a local temp folder and
+each epoch's files are pushed after the epoch, checkpoint first. Layout:
+    run.json                      config, provenance, data copy, digest of a pretrained backbone
+    metrics.jsonl                 one JSON row per epoch of the state the run continues from (device,
+                                  data fingerprint, pretrained digest beside the metrics)
+    metrics.csv                   the same rows, train.METRIC_COLUMNS only, for a spreadsheet
+    trained.log                   append-only: one line per epoch ever trained (retrained epochs again)
+    checkpoints/epoch_NNNN/       the newest KEEP checkpoints (state.pt + meta.json)
 """
 
 from __future__ import annotations
@@ -12,17 +17,28 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from . import provenance
+from . import provenance, store
 from .atomic import write_atomic
-from .checkpoint import checkpoint_dirs, load_latest, save_checkpoint
-from .config import ConfigError, TrialConfig
-from .train import METRIC_COLUMNS, train
+from .config import LOCATION_KEYS, ConfigError, TrialConfig
+from .store import Location
 
+# What a spreadsheet gets per epoch (metrics.jsonl has every field of the row).
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
+                  "train_images_per_s")
 KEEP = 2  # the newest checkpoint plus one to fall back on if it is found corrupt
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+TRAINED_LOG = "trained.log"
+CHECKPOINTS = "checkpoints"
+
+Report = Callable[[dict[str, Any]], None]
 
 
 def metrics_csv(history: list[dict[str, Any]]) -> str:
@@ -33,40 +49,123 @@ def metrics_csv(history: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _check_same_config(out: Path, cfg: TrialConfig) -> None:
+def metrics_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The state's history with what each row came from (data copy, pretrained backbone) beside it."""
+    extra = {"epochs": state["epochs"], "data_fingerprint": state["data_fingerprint"],
+             "pretrained_digest": state["pretrained_digest"]}
+    return [{**row, **extra} for row in state["history"]]
+
+
+def _check_same_config(record: str | None, where: Location, cfg: TrialConfig) -> None:
+    """A directory holds one run: same config (locations aside: data may move), or refuse."""
     try:
-        old = json.loads((out / "run.json").read_text())["config"]
-    except (OSError, ValueError, KeyError):
-        raise ConfigError(f"{out} is not empty and holds no readable run.json; choose another --out") from None
-    changed = sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != cfg.to_dict().get(k))
+        old = json.loads(record or "")["config"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{where} is not empty and holds no readable {RUN_FILE}; choose another --out") from None
+    old = {k: v for k, v in old.items() if k not in LOCATION_KEYS}
+    now = cfg.identity()
+    changed = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
     if changed:
         k = changed[0]
-        raise ConfigError(f"{out} holds a run with another config ({k}: {old.get(k)!r} there, "
-                          f"{cfg.to_dict().get(k)!r} now); choose another --out")
+        raise ConfigError(f"{where} holds a run with another config ({k}: {old.get(k)!r} there, "
+                          f"{now.get(k)!r} now); choose another --out")
 
 
-def run(cfg: TrialConfig, out: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Train cfg into out, resuming from its newest valid checkpoint if the same config was started there."""
-    out = Path(out).resolve()
-    resume = None
-    if out.exists() and any(out.iterdir()):
-        _check_same_config(out, cfg)
-        resume = load_latest(checkpoint_dirs(out), warn=log)
-        if resume is not None and resume["epoch"] >= cfg.epochs:
-            log(f"{out}: already finished ({cfg.epochs} epochs); nothing to do")
-            return resume["history"]
+class RunDir:
+    """The run's files as a local folder: the directory itself, or a staged copy of a URI run dir."""
 
-    def on_epoch(row: dict[str, Any], state: dict[str, Any]) -> None:
-        # The dir appears with the first finished epoch: bad input (no data, no GPU) leaves nothing behind.
-        if not (out / "run.json").exists():
-            out.mkdir(parents=True, exist_ok=True)
-            record = {"config": cfg.to_dict(), "data_fingerprint": state["data_fingerprint"],
-                      "pretrained_digest": state["pretrained_digest"], "device": row["device"],
-                      "provenance": provenance.record()}
-            write_atomic(out / "run.json", json.dumps(record, indent=1))
-        save_checkpoint(out / "checkpoints" / f"epoch_{row['epoch']:04d}", state)
-        write_atomic(out / "metrics.csv", metrics_csv(state["history"]))
-        for stale in checkpoint_dirs(out)[KEEP:]:
-            shutil.rmtree(stale, ignore_errors=True)
+    def __init__(self, location: Location):
+        self.location = location
+        self._tmp = None
+        if store.is_uri(location):
+            self._tmp = tempfile.TemporaryDirectory(prefix="ablation-run-")
+            self.path = store.download(str(location), Path(self._tmp.name) / "run")
+        else:
+            self.path = Path(location).resolve()
 
-    return train(cfg, on_epoch, resume=resume, log=log)
+    def started(self) -> bool:
+        return self.path.exists() and any(self.path.iterdir())
+
+    def push(self, *names: str) -> None:
+        """Copy these files or folders of the staged run to its URI (a no-op for a local run)."""
+        if self._tmp is not None:
+            for name in names:
+                store.upload(self.path / name, str(store.child(self.location, name)))
+
+    def drop(self, name: str) -> None:
+        shutil.rmtree(self.path / name, ignore_errors=True)
+        if self._tmp is not None:
+            store.remove_tree(store.child(self.location, name))
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _json_lines(location: Location) -> list[dict[str, Any]]:
+    rows = []
+    for line in (store.read_file(location) or "").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line torn by a kill
+            pass
+    return rows
+
+
+def read_rows(location: Location) -> list[dict[str, Any]]:
+    """One dict per epoch of the state the run continues from, in order (no torch: status and report read it).
+    An epoch that appears twice keeps its last row."""
+    by_epoch = {r["epoch"]: r for r in _json_lines(store.child(location, METRICS_FILE)) if isinstance(r.get("epoch"), int)}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def epochs_trained(location: Location) -> int:
+    """How many epochs this run trained in all, retrained ones counted again."""
+    return len(_json_lines(store.child(location, TRAINED_LOG)))
+
+
+def run(cfg: TrialConfig, location: Location, log: Callable[[str], None] = print, report: Report | None = None,
+        data=None) -> list[dict[str, Any]]:
+    """Train cfg into the run dir, resuming from its newest valid checkpoint if the same config began there.
+    report(row) is called after each epoch's files are safe (a Tune trial reports to Tune there)."""
+    from .checkpoint import checkpoint_dirs, load_latest, save_checkpoint  # torch: only to train
+    from .train import train
+
+    rd = RunDir(location)
+    try:
+        resume = None
+        if rd.started():
+            _check_same_config(store.read_file(rd.path / RUN_FILE), location, cfg)
+            resume = load_latest(checkpoint_dirs(rd.path), warn=log)
+            if resume is not None and resume["epoch"] >= cfg.epochs:
+                log(f"{location}: already finished ({cfg.epochs} epochs); nothing to do")
+                return resume["history"]
+            if resume is not None:  # metrics.jsonl follows the state training continues from (a kill between
+                write_atomic(rd.path / METRICS_FILE,  # the two can leave it an epoch behind or ahead)
+                             "".join(json.dumps(r) + "\n" for r in metrics_rows(resume)))
+                rd.push(METRICS_FILE)
+
+        def on_epoch(row: dict[str, Any], state: dict[str, Any]) -> None:
+            # The dir appears with the first finished epoch: bad input (no data, no GPU) leaves nothing behind.
+            rd.path.mkdir(parents=True, exist_ok=True)
+            written = [f"{CHECKPOINTS}/epoch_{row['epoch']:04d}", METRICS_FILE, METRICS_CSV, TRAINED_LOG]
+            if not (rd.path / RUN_FILE).exists():
+                record = {"config": cfg.to_dict(), "data_fingerprint": state["data_fingerprint"],
+                          "pretrained_digest": state["pretrained_digest"], "device": row["device"],
+                          "provenance": provenance.record()}
+                write_atomic(rd.path / RUN_FILE, json.dumps(record, indent=1))
+                written.append(RUN_FILE)
+            with open(rd.path / TRAINED_LOG, "a") as fh:  # every epoch ever trained, retrained ones too
+                fh.write(json.dumps({"epoch": row["epoch"], "pid": os.getpid(), "time": provenance.now()}) + "\n")
+            save_checkpoint(rd.path / written[0], state)
+            write_atomic(rd.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in metrics_rows(state)))
+            write_atomic(rd.path / METRICS_CSV, metrics_csv(state["history"]))
+            rd.push(*written)  # the checkpoint first: metrics never run ahead of the weights they describe
+            for stale in checkpoint_dirs(rd.path)[KEEP:]:
+                rd.drop(f"{CHECKPOINTS}/{stale.name}")
+            if report is not None:
+                report(metrics_rows(state)[-1])
+
+        return train(cfg, on_epoch, resume=resume, log=log, data=data)
+    finally:
+        rd.close()

@@ -1,12 +1,16 @@
-"""Study spec (experiments/<study>.yaml) -> validated plan of trials in two phases.
+"""Study spec (experiments/<study>.yaml) -> the set of trials it asks for. No torch, no ray.
 
-Why: a researcher names an ablation by its axes (seeds x init x freeze, optionally labels per class,
-fine-tune lr, stem) and fixed hyperparameters; this module turns that into the exact trial configs,
-once, the same way every time, so that a rerun can tell whether the spec changed. No torch, no ray.
+Why: a researcher names an ablation by its axes and its fixed hyperparameters; this module turns that into
+exact trial configs, the same way every time. Any TrialConfig key can be an axis, for both stages or one:
 
-Phase 1 holds the rotation pretraining trials (one per seed and stem) and every random-init fine-tune
-trial (they need no pretraining); phase 2 holds the pretrained-init fine-tune trials, each pointed at
-its own seed's rotation trial directory.
+    axes:
+      finetune.weight_decay: [0.0005, 0.005]   # fine-tuning trials only
+      pretrain.epochs: [15, 30]                # fans out the rotation runs, and the pretrained fine-tunes
+      rotation_mode: [random1, all4]           # both stages (a fine-tune ignores no key: it is in its config)
+
+Shorthand that predates `axes:` keeps working: seeds, init, freeze, labels_per_class, finetune_lr, stem.
+A trial is its config: its key is a digest of what it computes (TrialConfig.identity, plus the key of the
+rotation trial a pretrained fine-tune starts from), so a study can grow and still recognise what it ran.
 """
 
 from __future__ import annotations
@@ -14,93 +18,162 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import store
-from .config import ConfigError, TrialConfig, unknown_key_message
+from .config import ConfigError, TrialConfig, coerce, unknown_key_message
 from .store import Location
 
-# Keys the axes and the planner own; a spec may not set them in its blocks.
-PLANNED = {"stage", "seed", "init", "freeze", "pretrained_from", "stem", "labels_per_class"}
-AXES = {"seeds": [0], "init": ["pretrained", "random"], "freeze": [4, 0], "labels_per_class": [0],
-        "finetune_lr": [], "stem": ["imagenet"]}
-SPEC_KEYS = {"name", "description", "pretrain", "finetune", "resources", "max_failures", "max_concurrent", *AXES}
-PATH_KEYS = ("data_dir", "cache_dir")
-PHASES = ("phase1", "phase2")
+BOTH, PRETRAIN, FINETUNE = "", "pretrain", "finetune"  # the scope of an axis or a block
+STAGE_OF = {PRETRAIN: "rotation", FINETUNE: "finetune"}
+# Shorthand axes: spec key -> (scope, trial key); seeds/init/freeze have defaults, the rest only when given.
+SHORTHAND = {"seeds": (BOTH, "seed"), "stem": (BOTH, "stem"), "init": (FINETUNE, "init"),
+             "freeze": (FINETUNE, "freeze"), "labels_per_class": (FINETUNE, "labels_per_class"),
+             "finetune_lr": (FINETUNE, "lr")}
+DEFAULT_AXES = {"seeds": [0], "init": ["pretrained", "random"], "freeze": [4, 0]}
+PLANNED = {"stage", "pretrained_from"}  # set by the planner only
+SPEC_KEYS = {"name", "description", "pretrain", "finetune", "resources", "max_failures", "max_concurrent", "axes",
+             *SHORTHAND}
+TRIALS_DIR = "trials"
+
+
+@dataclass(frozen=True)
+class Axis:
+    scope: str  # BOTH, PRETRAIN or FINETUNE
+    key: str  # a TrialConfig key
+    values: tuple
+
+    @property
+    def label(self) -> str:
+        return f"{self.scope}.{self.key}" if self.scope else self.key
 
 
 @dataclass(frozen=True)
 class Trial:
-    id: str
-    phase: str
+    key: str  # digest of what the trial computes: its identity
+    name: str  # readable: stage, init, freeze, the axis values that differ from the defaults, seed
     config: TrialConfig
+    depends_on: str | None = None  # key of the rotation trial a pretrained fine-tune starts from
+    pretrain: tuple = ()  # ((pretraining axis label, value), ...) of that rotation trial
+
+    @property
+    def dirname(self) -> str:
+        """Stable from the config alone (the readable name follows the spec's axes, this must not)."""
+        c = self.config
+        base = f"rot-s{c.seed}" if c.stage == "rotation" else f"ft-{c.init}-f{c.freeze}-s{c.seed}"
+        return f"{base}-{self.key[:10]}"
 
 
 @dataclass
 class Spec:
     name: str
-    raw: dict[str, Any]  # the normalised spec: what the study's manifest stores and hashes
+    raw: dict[str, Any]  # the spec as given (after overrides): what the manifest records
     common: dict[str, Any]
-    pretrain: dict[str, Any]
-    finetune: dict[str, Any]
-    axes: dict[str, list]
+    blocks: dict[str, dict[str, Any]]  # PRETRAIN / FINETUNE -> fixed keys of that stage
+    axes: list[Axis]
     cpu: float = 1.0
     gpu: float = 0.0
     max_failures: int = 2
     max_concurrent: int = 0
     description: str = ""
-    trials: list[Trial] = field(default_factory=list)
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _as_list(key: str, value: Any, where: str) -> list:
+def trial_key(cfg: TrialConfig, depends_on: str | None) -> str:
+    identity = {**cfg.identity(), "pretrained_trial": depends_on or ""}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _stage_only(key: str) -> str | None:
+    """The stage a key applies to, when it applies to one stage only."""
+    only = getattr(TrialConfig, "stage_only_keys", None)
+    return {"rotation_mode": "rotation", **(only() if only else {"init": "finetune", "freeze": "finetune",
+            "labels_per_class": "finetune", "pretrained_from": "finetune"})}.get(key)
+
+
+def _values(label: str, value: Any, where: str) -> tuple:
     values = value if isinstance(value, list) else [value]
     if not values:
-        raise ConfigError(f"{where}: {key} must list at least one value")
+        raise ConfigError(f"{where}: {label} must list at least one value")
     if len(set(map(json.dumps, values))) != len(values):
-        raise ConfigError(f"{where}: {key} lists a value twice: {values}")
-    return values
+        raise ConfigError(f"{where}: {label} lists a value twice: {values}")
+    return tuple(values)
 
 
-def _block(values: Any, where: str, also: frozenset[str] = frozenset()) -> dict[str, Any]:
+def _axis(scope: str, key: str, value: Any, where: str, name: str | None = None) -> Axis:
+    """One axis; name is the shorthand spec key it was written as (seeds, finetune_lr, ...), if any."""
+    fields = TrialConfig.fields()
+    label = name or (f"{scope}.{key}" if scope else key)
+    if key == "seed" and not name:
+        raise ConfigError(f"{where}: seeds are an axis of their own: write seeds: [0, 1, 2], not axes: {label}")
+    if key in PLANNED:
+        raise ConfigError(f"{where}: '{label}' is set by the planner, not by an axis")
+    if key not in fields:
+        raise ConfigError(unknown_key_message(label, [f"{scope}.{k}" if scope else k for k in fields], where))
+    only = _stage_only(key)
+    if only and scope and STAGE_OF[scope] != only:
+        raise ConfigError(f"{where}: {label}: {key} applies to stage={only} only; write "
+                          f"{'finetune' if only == 'finetune' else 'pretrain'}.{key}")
+    values = _values(label, value, where)
+    scope = {"finetune": FINETUNE, "rotation": PRETRAIN}.get(only, scope)  # a one-stage key reaches its stage
+    return Axis(scope, key,
+                tuple(coerce(fields[key], v, f"{where}: {label}") for v in values))
+
+
+def _axes(raw: dict[str, Any], where: str) -> list[Axis]:
+    axes = [_axis(scope, key, raw.get(name, DEFAULT_AXES.get(name)), where, name)
+            for name, (scope, key) in SHORTHAND.items() if name in raw or name in DEFAULT_AXES]
+    given = raw.get("axes") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{where}: axes must be a mapping of trial key: [values], e.g. "
+                          f"axes: {{finetune.weight_decay: [0.0005, 0.005]}}")
+    for label, values in given.items():
+        scope, _, key = str(label).rpartition(".")
+        if scope not in (BOTH, PRETRAIN, FINETUNE):
+            raise ConfigError(f"{where}: axes: '{label}' must be a trial key, pretrain.<key> or finetune.<key>")
+        axes.append(_axis(scope, key, values, where))
+    seen: dict[tuple, str] = {}
+    for a in axes:
+        for scope in ((PRETRAIN, FINETUNE) if a.scope == BOTH else (a.scope,)):
+            if (scope, a.key) in seen:
+                raise ConfigError(f"{where}: {a.label} is an axis twice (also as {seen[scope, a.key]}); keep one")
+            seen[scope, a.key] = a.label
+    return axes
+
+
+def _block(values: Any, where: str, scope: str, axes: list[Axis], also: frozenset[str] = frozenset()) -> dict:
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: must be a mapping of trial keys (e.g. epochs: 15)")
     for key in values:
-        if key in PLANNED:
-            raise ConfigError(f"{where}: '{key}' is set by the study's axes; use the top-level axis instead")
+        if key in PLANNED or key == "seed":
+            raise ConfigError(f"{where}: '{key}' is set by the study's planner; "
+                              f"{'use seeds: [...]' if key == 'seed' else 'remove it'}")
         if key not in TrialConfig.fields():
             raise ConfigError(unknown_key_message(key, (set(TrialConfig.fields()) - PLANNED) | also, where))
+        on_axis = [a for a in axes if a.key == key and (a.scope in (BOTH, scope) or scope == BOTH)]
+        if on_axis:
+            raise ConfigError(f"{where}: '{key}' is fixed here and also an axis ({on_axis[0].label}); "
+                              f"keep one (a fixed value is an axis of one value: {key}: [value])")
     return dict(values)
 
 
 def _absolute(values: dict[str, Any], base: Path) -> dict[str, Any]:
     """Trials run in Ray workers with another working directory: make paths absolute now."""
     out = dict(values)
-    for key in PATH_KEYS:
+    for key in ("data_dir", "cache_dir"):
         if out.get(key):
             out[key] = str((base / Path(str(out[key])).expanduser()).resolve())
     return out
 
 
-def parse_spec(raw: dict[str, Any], where: str, base: Path | None = None) -> Spec:
-    """Validate a spec mapping; every problem is one ConfigError line naming the key."""
-    base = base or Path.cwd()
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping at the top level")
-    common = {k: v for k, v in raw.items() if k not in SPEC_KEYS}
-    _block(common, where, also=frozenset(SPEC_KEYS))
-    name = raw.get("name")
-    if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\:") \
-            or name.strip() != name:
-        raise ConfigError(f"{where}: name must be a plain directory name (no path separator), got {name!r}")
-    axes = {k: _as_list(k, raw.get(k, default), where) for k, default in AXES.items() if k in raw or default}
+def _resources(raw: dict[str, Any], where: str) -> tuple[float, float]:
     resources = raw.get("resources") or {}
     if not isinstance(resources, dict) or set(resources) - {"cpu", "gpu"}:
         raise ConfigError(f"{where}: resources takes cpu and gpu only, e.g. resources: {{cpu: 1, gpu: 0.25}}")
@@ -109,49 +182,101 @@ def parse_spec(raw: dict[str, Any], where: str, base: Path | None = None) -> Spe
         raise ConfigError(f"{where}: resources.gpu={gpu!r} must be a fraction of one GPU in [0, 1]")
     if not isinstance(cpu, (int, float)) or isinstance(cpu, bool) or cpu <= 0:
         raise ConfigError(f"{where}: resources.cpu={cpu!r} must be a positive number")
+    return float(cpu), float(gpu)
+
+
+def parse_spec(raw: dict[str, Any], where: str, base: Path | None = None) -> Spec:
+    """Validate a spec mapping; every problem is one ConfigError line naming the key."""
+    base = base or Path.cwd()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\:") \
+            or name.strip() != name:
+        raise ConfigError(f"{where}: name must be a plain directory name (no path separator), got {name!r}")
+    axes = _axes(raw, where)
+    common = _block({k: v for k, v in raw.items() if k not in SPEC_KEYS}, where, BOTH, axes, frozenset(SPEC_KEYS))
+    blocks = {scope: _absolute(_block(raw.get(scope), f"{where}: {scope}", scope, axes), base)
+              for scope in (PRETRAIN, FINETUNE)}
     for key in ("max_failures", "max_concurrent"):
         if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 0):
             raise ConfigError(f"{where}: {key} must be an integer >= 0, got {raw[key]!r}")
     common.setdefault("data_dir", TrialConfig.data_dir)  # the default is relative too
-    spec = Spec(name=name, raw=json.loads(json.dumps(raw, default=str)), common=_absolute(common, base),
-                pretrain=_absolute(_block(raw.get("pretrain"), f"{where}: pretrain"), base),
-                finetune=_absolute(_block(raw.get("finetune"), f"{where}: finetune"), base),
-                axes=axes, cpu=float(cpu), gpu=float(gpu), max_failures=raw.get("max_failures", 2),
+    cpu, gpu = _resources(raw, where)
+    return Spec(name=name, raw=json.loads(json.dumps(raw, default=str)), common=_absolute(common, base),
+                blocks=blocks, axes=axes, cpu=cpu, gpu=gpu, max_failures=raw.get("max_failures", 2),
                 max_concurrent=raw.get("max_concurrent", 0), description=str(raw.get("description", "")))
-    spec.raw["_paths"] = {k: spec.common.get(k) for k in PATH_KEYS if spec.common.get(k)}
-    return spec
+
+
+def _grid(axes: list[Axis]) -> list[dict[Axis, Any]]:
+    return [dict(zip(axes, combo)) for combo in itertools.product(*(a.values for a in axes))]
+
+
+def _name(stage_part: str, seed: int, tags: list[tuple[str, Any]]) -> str:
+    defaults = TrialConfig()
+    shown = [f"{label}={value:g}" if isinstance(value, float) else f"{label}={value}" for label, value in tags
+             if value != getattr(defaults, label.rpartition(".")[2])]
+    return "-".join([stage_part, *shown, f"s{seed}"])
 
 
 def plan(spec: Spec, study_dir: Location) -> list[Trial]:
-    """Every trial of the study, in a stable order, with configs validated by TrialConfig."""
-    trials: list[Trial] = []
+    """Every trial the spec asks for, rotation trials first, in a stable order, configs validated."""
+    shared = [a for a in spec.axes if a.scope == BOTH]
+    pre_axes = [a for a in spec.axes if a.scope == PRETRAIN]
+    ft_axes = [a for a in spec.axes if a.scope == FINETUNE]
+    untagged = {"seed", "init", "freeze"}  # in every name already
+    rotations: dict[str, Trial] = {}
+    finetunes: list[Trial] = []
 
-    def make(tid: str, phase: str, values: dict[str, Any]) -> Trial:
-        return Trial(tid, phase, TrialConfig.from_dict(values, where=f"{spec.name}: trial {tid}"))
+    def config(scope: str, values: dict[Axis, Any], tid: str, extra: dict | None = None) -> TrialConfig:
+        merged = {**spec.common, **spec.blocks[scope], **{a.key: v for a, v in values.items()}, **(extra or {}),
+                  "stage": STAGE_OF[scope]}
+        return TrialConfig.from_dict(merged, where=f"{spec.name}: trial {tid}")
 
-    pretrained = "pretrained" in spec.axes["init"]
-    for init in spec.axes["init"]:
-        if init not in ("pretrained", "random"):
-            raise ConfigError(f"{spec.name}: init={init!r} is not one of pretrained, random")
-    for stem, seed in itertools.product(spec.axes["stem"], spec.axes["seeds"]):
-        if pretrained:
-            trials.append(make(f"rot-{stem}-s{seed}", "phase1",
-                               {**spec.common, **spec.pretrain, "stage": "rotation", "stem": stem, "seed": seed}))
-    lrs = spec.axes.get("finetune_lr") or [None]
-    for stem, init, freeze, lpc, lr, seed in itertools.product(
-            spec.axes["stem"], spec.axes["init"], spec.axes["freeze"], spec.axes["labels_per_class"], lrs,
-            spec.axes["seeds"]):
-        values = {**spec.common, **spec.finetune, "stage": "finetune", "stem": stem, "seed": seed, "init": init,
-                  "freeze": freeze, "labels_per_class": lpc}
-        if lr is not None:
-            values["lr"] = lr
-        phase = "phase1"
-        if init == "pretrained":
-            values["pretrained_from"] = str(store.child(study_dir, "phase1", f"rot-{stem}-s{seed}"))
-            phase = "phase2"
-        lr_tag = f"{lr:g}" if lr is not None else "base"
-        trials.append(make(f"ft-{stem}-{init}-f{freeze}-lpc{lpc}-lr{lr_tag}-s{seed}", phase, values))
-    ids = [t.id for t in trials]
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"{spec.name}: two trials share an id; an axis lists equal values")
+    def rotation(values: dict[Axis, Any]) -> Trial:
+        tags = [(a.key, v) for a, v in values.items() if a.key not in untagged]
+        name = _name("rot", values_seed(values), tags)
+        cfg = config(PRETRAIN, values, name)
+        key = trial_key(cfg, None)
+        if key not in rotations:
+            rotations[key] = Trial(key, name, cfg)
+        return rotations[key]
+
+    def values_seed(values: dict[Axis, Any]) -> int:
+        return next((v for a, v in values.items() if a.key == "seed"), TrialConfig.seed)
+
+    for ft_values in _grid(shared + ft_axes):
+        init = next(v for a, v in ft_values.items() if a.key == "init")  # init always has an axis
+        for pre_values in (_grid(pre_axes) if init == "pretrained" else [{}]):
+            tags = [(a.key, v) for a, v in ft_values.items() if a.key not in untagged]
+            tags += [(a.label, v) for a, v in pre_values.items()]
+            seed = values_seed(ft_values)
+            freeze = next((v for a, v in ft_values.items() if a.key == "freeze"), TrialConfig.freeze)
+            name = _name(f"ft-{init}-f{freeze}", seed, tags)
+            source = None
+            if init == "pretrained":
+                source = rotation({**{a: v for a, v in ft_values.items() if a.scope == BOTH}, **pre_values})
+            extra = {"pretrained_from": str(store.child(study_dir, TRIALS_DIR, source.dirname))} if source else {}
+            cfg = config(FINETUNE, ft_values, name, extra)
+            finetunes.append(Trial(trial_key(cfg, source.key if source else None), name, cfg,
+                                   source.key if source else None,
+                                   tuple((a.label, v) for a, v in pre_values.items())))
+    trials = list(rotations.values()) + finetunes
+    _check_unique(spec, trials)
     return trials
+
+
+def _check_unique(spec: Spec, trials: list[Trial]) -> None:
+    keys = [t.key for t in trials]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{spec.name}: two trials compute the same thing; an axis lists values that a fixed key "
+                          f"or another axis makes equal")
+    names = [t.name for t in trials]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f"{spec.name}: two trials would share the name {dup}; an axis lists equal values")
+
+
+def trial_dir(study_dir: Location, trial: Trial) -> Location:
+    return store.child(study_dir, TRIALS_DIR, trial.dirname)
+

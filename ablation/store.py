@@ -93,6 +93,17 @@ def remove_file(location: Location) -> None:
         pass
 
 
+def remove_tree(location: Location) -> None:
+    if not is_uri(location):
+        shutil.rmtree(location, ignore_errors=True)
+        return
+    fs, path = _fs(location)
+    try:
+        fs.delete_dir(path)
+    except (FileNotFoundError, OSError):
+        pass
+
+
 def exists(location: Location) -> bool:
     if not is_uri(location):
         return Path(location).exists()
@@ -129,13 +140,16 @@ def download(uri: str, local: Path, skip_dirs: tuple[str, ...] = ()) -> Path:
 
 
 def upload(local: Path, uri: str) -> None:
-    """Copy the local tree into uri, file by file."""
-    for path in sorted(Path(local).rglob("*")):
-        if path.is_file():
-            fs, target = _fs(join(uri, path.relative_to(local).as_posix()))
-            fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-            with fs.open_output_stream(target) as fh:
-                fh.write(path.read_bytes())
+    """Copy the local tree (or one file) into uri, file by file; meta files last, so a reader that finds one
+    (a checkpoint's meta.json) finds what it describes."""
+    local = Path(local)
+    files = [local] if local.is_file() else sorted((p for p in local.rglob("*") if p.is_file()),
+                                                   key=lambda p: (p.name == "meta.json", str(p)))
+    for path in files:
+        fs, target = _fs(uri if path == local else join(uri, path.relative_to(local).as_posix()))
+        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(target) as fh:
+            fh.write(path.read_bytes())
 
 
 def mirror_dir(uri: str) -> Path:

@@ -1,39 +1,28 @@
-"""`ablation sweep`: spec -> plan -> one Ray Tune Tuner per phase under one study dir, resumable.
+"""`ablation sweep`: spec -> planned trials -> Ray Tune, for the trials that are not finished yet.
 
-Why: a grid on a GPU box gets interrupted. Running the same command again must continue the study:
-finished trials are not rerun, interrupted ones continue from their last epoch, errored ones retry.
-Only `Tuner.restore` resumes a Tune experiment (a new Tuner with the same name starts over), so each
-phase is restored when its experiment state exists. <storage> is a local or shared path or a URI (store.py).
-Layout of <storage>/<name>/:
-    manifest.json          spec, planned trials, provenance, data copies, one entry per invocation
-    phase1/<trial id>/     Tune trial dirs (progress.csv, result.json, TensorBoard events, checkpoint_*)
-    phase2/<trial id>/
+Why: a grid on a GPU box gets interrupted, and grows. Running the same command again, or an edited spec,
+continues the study: trials already finished (same config digest) are reused, interrupted ones continue
+from their own checkpoints (rundir.py), only new configs train. Each invocation is a fresh Tune run, so
+Tune's experiment state never has to match an edited spec; the study directory (study.py) is the record.
+Trials that need nothing go first; a pretrained fine-tune whose rotation trial was not finished when the
+invocation began waits for a second Tune run, which starts once its rotation trial is done.
+<storage> is a local or shared path or a URI (store.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
-import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import provenance, store
+from . import store, study
+from .config import ConfigError, read_yaml
+from .spec import Spec, Trial, parse_spec, plan, trial_dir
 from .store import Location
-from .config import ConfigError, UserError, read_yaml
-from .spec import PHASES, Spec, Trial, parse_spec, plan
-
-MANIFEST = "manifest.json"
-LOCK = "driver.pid"
-
-
-class StudyError(UserError):
-    """A study that cannot run as asked (spec changed, already running, not a study dir)."""
 
 
 def warn(msg: str) -> None:
@@ -41,10 +30,17 @@ def warn(msg: str) -> None:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
-    """`seeds=[0,1]` or `finetune.epochs=3`: values are YAML, dotted keys reach into a block."""
+    """`seeds=[0,1]`, `finetune.epochs=3` or `axes={finetune.weight_decay: [0.0005, 0.005]}`: values are YAML,
+    dotted keys reach into a block; an `axes` mapping is merged into the spec's own axes."""
     raw = json.loads(json.dumps(raw))
     for key, text in overrides.items():
-        value = yaml.safe_load(text) if text else text
+        try:
+            value = yaml.safe_load(text) if text else text
+        except yaml.YAMLError:
+            raise ConfigError(f"override {key}={text}: not a YAML value (quote it, e.g. '{key}=[0, 1]')") from None
+        if key == "axes" and isinstance(value, dict) and isinstance(raw.get("axes"), dict):
+            raw["axes"] = {**raw["axes"], **value}
+            continue
         *blocks, leaf = key.split(".")
         target = raw
         for block in blocks:
@@ -59,102 +55,44 @@ def load_spec(path: str, overrides: dict[str, str] | None = None) -> Spec:
     return parse_spec(apply_overrides(read_yaml(path), overrides or {}), where=path, base=Path.cwd())
 
 
-def read_manifest(study_dir: Location) -> dict[str, Any]:
-    try:
-        return json.loads(store.read_file(store.child(study_dir, MANIFEST)) or "")
-    except (OSError, ValueError):
-        raise StudyError(f"{study_dir} is not a study directory (no readable {MANIFEST}); "
-                         f"point at <storage>/<study name>") from None
-
-
-def live_driver(study_dir: Location) -> tuple[int, str] | None:
-    """(pid, host) of the study's lock if that driver may be alive (a SIGKILLed driver leaves a stale lock).
-    A lock taken on another host cannot be checked from here and counts as alive."""
-    try:
-        fields = (store.read_file(store.child(study_dir, LOCK)) or "").split()
-        pid, host = int(fields[0]), (fields[1] if len(fields) > 1 else socket.gethostname())
-        if host == socket.gethostname():
-            os.kill(pid, 0)
-    except PermissionError:
-        pass  # alive, owned by another user
-    except (OSError, ValueError, IndexError):
-        return None  # no lock, a torn lock, or no such process
-    return pid, host
-
-
-def _check_claim(study_dir: Location, spec: Spec, fresh: bool) -> bool:
-    """Refuse a second live driver and a changed spec; True when --fresh must move the old study aside."""
-    driver = live_driver(study_dir)
-    if driver is not None and driver != (os.getpid(), socket.gethostname()):
-        raise StudyError(f"{study_dir} is being run by process {driver[0]} on {driver[1]}; wait for it or stop "
-                         f"it first (if that driver is gone, delete {store.child(study_dir, LOCK)})")
-    if not store.exists(store.child(study_dir, MANIFEST)) or read_manifest(study_dir).get("spec_digest") == spec.digest:
-        return False
-    if not fresh:
-        raise StudyError(f"the spec of study '{spec.name}' changed since it began ({study_dir}); rerun with "
-                         f"--fresh to keep the old study aside and start over, or give the spec a new name")
-    if store.is_uri(study_dir):
-        raise StudyError(f"--fresh cannot move a study aside on object storage ({study_dir}); give the spec a "
-                         f"new name instead")
-    return True
-
-
-def _move_aside(study_dir: Path) -> None:
-    aside = study_dir.with_name(f"{study_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-    study_dir.rename(aside)
-    warn(f"spec changed: moved the old study to {aside} (nothing deleted) and starting over")
-
-
-def _manifest(spec: Spec, spec_path: str, trials: list[Trial], data: dict[str, str], old: dict | None,
-              slots: float) -> dict:
-    record = provenance.record()
-    runs = (old or {}).get("runs", []) + [{"started": record["time"], "code_version": record["code_version"],
-                                            "host": record["host"], "pid": os.getpid()}]
-    return {"study": spec.name, "description": spec.description, "spec_file": str(Path(spec_path).resolve()),
-            "spec_digest": spec.digest, "spec": spec.raw, "created": (old or {}).get("created", record["time"]),
-            "provenance": (old or {}).get("provenance", record), "data": data,
-            "resources": {"cpu": spec.cpu, "gpu": spec.gpu}, "slots": slots,
-            "trials": [{"id": t.id, "phase": t.phase, "config": t.config.to_dict()} for t in trials],
-            "runs": runs}
-
-
-def _save_manifest(study_dir: Location, manifest: dict) -> None:
-    store.write_file(store.child(study_dir, MANIFEST), json.dumps(manifest, indent=1))
-
-
 def run_study(spec_path: str, storage: str = "results/studies", address: str | None = None, fresh: bool = False,
               overrides: dict[str, str] | None = None) -> int:
     spec = load_spec(spec_path, overrides)
     study_dir = store.child(storage if store.is_uri(storage) else Path(storage).expanduser().resolve(), spec.name)
     trials = plan(spec, study_dir)
-    move_aside = store.exists(study_dir) and _check_claim(study_dir, spec, fresh)
+    old = study.check_claim(study_dir, fresh)
     from .data import preflight  # torch: only once the spec is known to be good
 
     data = preflight([t.config for t in trials])  # missing data fails before anything is written
-    if move_aside:
-        _move_aside(study_dir)
+    study.check_data(study_dir, old, data)
+    if fresh and store.exists(study_dir):
+        warn(f"--fresh: moved the old study to {study.move_aside(Path(study_dir))} (nothing deleted); starting over")
     gpu, slots = _start_ray(address, spec)
-    old = read_manifest(study_dir) if store.exists(store.child(study_dir, MANIFEST)) else None
-    store.write_file(store.child(study_dir, LOCK), f"{os.getpid()} {socket.gethostname()}\n")
-    manifest = _manifest(spec, spec_path, trials, data, old, slots)
-    _save_manifest(study_dir, manifest)
-    print(f"study {spec.name}: {len(trials)} trials -> {study_dir}", flush=True)
-    failed: list[str] = []
+    manifest = study.begin(study_dir, spec, spec_path, trials, data, old, slots)
+    done = {r["key"] for r in study.trial_records(study_dir, manifest) if r["state"] == study.FINISHED}
+    todo = [t for t in trials if t.key not in done]
+    run = manifest["invocations"][-1]
+    print(f"study {spec.name}: {len(trials)} trials in the spec: {len(done & {t.key for t in trials})} finished "
+          f"(reused), {len(todo)} to train ({len(run['added'])} new) -> {study_dir}", flush=True)
+    failed: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     try:
-        for phase in PHASES:
-            members = [t for t in trials if t.phase == phase]
-            if members:
-                failed += run_phase(study_dir, phase, members, spec, gpu)
-            if failed:
-                break  # phase 2 needs every pretraining of phase 1
+        now = [t for t in todo if t.depends_on is None or t.depends_on in done]
+        later = [t for t in todo if t not in now]
+        number = len(manifest["invocations"])
+        failed.update(run_tune(study_dir, f"run{number:03d}-a", now, spec, gpu))
+        ready = [t for t in later if t.depends_on not in failed]
+        skipped = {t.key: f"its rotation trial {manifest['trials'][t.depends_on]['name']} failed"
+                   for t in later if t.depends_on in failed}
+        failed.update(run_tune(study_dir, f"run{number:03d}-b", ready, spec, gpu))
     finally:
-        manifest["runs"][-1]["ended"] = provenance.now()
-        manifest["runs"][-1]["outcome"] = "failed: " + ", ".join(failed) if failed else "finished"
-        _save_manifest(study_dir, manifest)
-        store.remove_file(store.child(study_dir, LOCK))
-    if failed:
-        print(f"ablation: {len(failed)} trial(s) failed after retries: {', '.join(failed)}; see error.txt in their "
-              f"trial dirs, then rerun the same command to retry them", file=sys.stderr)
+        study.end(study_dir, manifest, failed, skipped)
+    if failed or skipped:
+        names = [manifest["trials"][k]["name"] for k in failed]
+        print(f"ablation: {len(failed)} trial(s) failed after retries: {', '.join(names)}"
+              + (f"; {len(skipped)} skipped (their rotation trial failed)" if skipped else "")
+              + f"; see `ablation status {study_dir}` and Tune's error.txt under {store.child(study_dir, 'tune')}, "
+              f"then rerun the same command to retry them", file=sys.stderr)
         return 1
     print(f"study {spec.name} finished; next: ablation report {study_dir}", flush=True)
     return 0
@@ -180,54 +118,28 @@ def _start_ray(address: str | None, spec: Spec) -> tuple[float, float]:
     return gpu, max(1.0, slots)
 
 
-def run_phase(study_dir: Location, phase: str, trials: list[Trial], spec: Spec, gpu: float) -> list[str]:
-    """Run (or restore and continue) one phase's Tune experiment; returns the ids of trials that failed."""
+def run_tune(study_dir: Location, name: str, trials: list[Trial], spec: Spec, gpu: float) -> dict[str, str]:
+    """One Tune run over these trials; returns {trial key: where Tune put its error} of those that failed."""
+    if not trials:
+        return {}
     from ray import tune
 
     from .trainable import run_trial
 
     trainable = tune.with_resources(run_trial, {"cpu": spec.cpu, "gpu": gpu})
-    # num_to_keep makes Tune snapshot the experiment whenever a trial saved that many checkpoints since the
-    # last snapshot: wanted (a restore then sees the trial's progress), but with epochs of seconds Tune warns
-    # about it on every snapshot. A user's own setting of the variable wins.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    path = store.child(study_dir, phase)
-    configs = [{"id": t.id, "config": t.config.to_dict(), "dir": str(store.child(path, t.id)), "gpu": gpu}
-               for t in trials]
-    param_space = {"trial": tune.grid_search(configs)}
-    tuner = _restore(tune, path, trainable, param_space)
-    if tuner is None:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(trial_name_creator=_trial_id, trial_dirname_creator=_trial_id,
-                                        max_concurrent_trials=spec.max_concurrent or None),
-            run_config=tune.RunConfig(name=phase, storage_path=str(study_dir), verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
-        )
+    configs = [{"key": t.key, "name": t.name, "config": t.config.to_dict(), "dir": str(trial_dir(study_dir, t)),
+                "gpu": gpu} for t in trials]
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                                    max_concurrent_trials=spec.max_concurrent or None),
+        run_config=tune.RunConfig(name=name, storage_path=str(store.child(study_dir, study.TUNE_DIR)), verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
+    )
     results = tuner.fit()
-    return sorted(r.config["trial"]["id"] for r in results if r.error)
+    return {r.config["trial"]["key"]: f"{r.path}/error.txt" for r in results if r.error}
 
 
-def _restore(tune, path: Location, trainable, param_space: dict[str, Any]):
-    """Tune's experiment at `path`, restored to continue; None when there is none to restore.
-
-    param_space is passed again because tuner.pkl does not hold it, and a driver killed before Tune's first
-    experiment snapshot makes Tune restart the experiment from param_space (None would give one empty trial).
-    A tuner.pkl torn by a kill while Tune wrote it is replaced: a new Tuner then reruns the phase, and each
-    trial continues from the checkpoints in its own dir, so nothing trained is lost."""
-    if not tune.Tuner.can_restore(str(path)):
-        return None
-    print(f"{str(path).rsplit('/', 1)[-1]}: resuming {path}", flush=True)
-    try:
-        return tune.Tuner.restore(str(path), trainable=trainable, param_space=param_space,
-                                  resume_unfinished=True, resume_errored=True)
-    except (EOFError, pickle.UnpicklingError) as exc:
-        warn(f"{path}/tuner.pkl is unreadable ({type(exc).__name__}: torn by a kill): starting this phase's "
-             f"Tune experiment again; every trial continues from its own checkpoints")
-        return None
-
-
-def _trial_id(trial) -> str:
-    return trial.config["trial"]["id"]
+def _trial_name(trial) -> str:
+    return trial.config["trial"]["name"]

@@ -24,11 +24,8 @@ from torch import nn
 
 from . import data as D
 from .checkpoint import resolve_pretrained
-from .config import ConfigError, TrialConfig
+from .config import LOCATION_KEYS, ConfigError, TrialConfig
 from .models import apply_freeze, build_model, load_backbone, set_train_mode, weights_digest
-
-METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
-                  "train_images_per_s")
 
 EpochCallback = Callable[[dict[str, Any], dict[str, Any]], None]
 
@@ -194,11 +191,12 @@ def restore(s: Setup, state: dict[str, Any]) -> None:
 
 
 def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | None = None,
-          log: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:
-    """Train cfg.epochs epochs (from resume's epoch on, if given); returns the metrics history."""
-    if resume is not None and resume["config"] != cfg.to_dict():
+          log: Callable[[str], None] = lambda _: None, data: D.Data | None = None) -> list[dict[str, Any]]:
+    """Train cfg.epochs epochs (from resume's epoch on, if given); returns the metrics history.
+    data: already loaded for cfg (tests and workers that run many trials load it once)."""
+    if resume is not None and {k: v for k, v in resume["config"].items() if k not in LOCATION_KEYS} != cfg.identity():
         raise ConfigError("the checkpoint was written by a different config; use a new output dir")
-    s = build(cfg)
+    s = build(cfg, data)
     history: list[dict[str, Any]] = []
     start = 0
     if resume is not None:

@@ -11,7 +11,8 @@ import torch
 from ablation import rundir
 from ablation.checkpoint import checkpoint_dirs, load_checkpoint, load_latest, resolve_pretrained, save_checkpoint
 from ablation.models import FREEZE_GROUPS, weights_digest
-from ablation.train import METRIC_COLUMNS, InjectedFault, build, train
+from ablation.rundir import METRIC_COLUMNS
+from ablation.train import InjectedFault, build, train
 from conftest import tiny
 
 

@@ -18,7 +18,7 @@ from .findings import findings, header, trial_state
 from .frames import load_study
 from .tables import Table, build_tables
 
-TRIAL_COLUMNS = ["trial", "state", "best acc (%)", "final acc (%)", "wall time (s)"]  # the id names the config
+TRIAL_COLUMNS = ["trial", "key", "state", "best acc (%)", "final acc (%)", "wall time (s)"]
 
 
 def write_frame(frame: pd.DataFrame, outdir: Path, name: str) -> None:
@@ -35,11 +35,14 @@ def write_table(table: Table, outdir: Path) -> None:
 
 
 def trials_table(trials: pd.DataFrame) -> Table:
-    """Every planned trial with its state (finished / unfinished k/N epochs / missing)."""
-    frame = trials.assign(**{"state": trials.apply(trial_state, axis=1), "best acc (%)": trials["best_test_acc"] * 100,
+    """Every trial the study planned, current spec first, with its state; the name says its cell, the key
+    (a digest of its config) names its directory under trials/."""
+    frame = trials.assign(**{"key": trials["key"].str[:10], "state": trials.apply(trial_state, axis=1),
+                             "best acc (%)": trials["best_test_acc"] * 100,
                              "final acc (%)": trials["final_test_acc"] * 100, "wall time (s)": trials["wall_time_s"]})
     return Table("trial_states", "Trials", frame[TRIAL_COLUMNS], ["best / final = test accuracy at the best / last "
-                                                                  "reported epoch; wall time = sum of epoch times."])
+                                                                  "reported epoch; wall time = sum of epoch times."],
+                 keys=["trial", "key", "state"])
 
 
 def report_text(manifest: dict, epochs: pd.DataFrame, trials: pd.DataFrame, tables: list[Table],
@@ -72,6 +75,6 @@ def write_report(study_dir: Path) -> Path:
     for table in tables:
         write_table(table, out / "tables")
     effect = next((t.frame for t in tables if t.name == "pretraining_effect"), pd.DataFrame())
-    figures = write_figures(epochs, trials, effect, out / "figures")
+    figures = write_figures(epochs, trials[trials["current"]], effect, out / "figures")
     write_atomic(out / "report.md", report_text(manifest, epochs, trials, tables, figures))
     return out / "report.md"

@@ -1,5 +1,5 @@
-"""Figures of a study (PNG and SVG): learning curves, rotation curve, accuracy by freeze depth and by
-labels per class, and the pretrained - random gap.
+"""Figures of a study (PNG and SVG): learning curves, rotation curve, accuracy against each fine-tuning axis
+that varies (freeze depth, labels per class, weight decay, any key), and the pretrained - random gap.
 
 Why: the tables give the numbers, the figures show the shape (is training converged, does the gap grow
 with freeze depth). Bands and error bars are the same 95% t-intervals over seeds as the tables. Figures
@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..atomic import write_atomic
 from . import render
+from .frames import cell_keys
 from .stats import Interval, t_interval
 from .tables import FINAL, GAP_BEST, GAP_FINAL, INITS, BEST
 
@@ -68,11 +69,15 @@ def _label(ax, title: str, xlabel: str, ylabel: str, legend_title: str | None = 
         ax.legend(title=legend_title, fontsize="small")
 
 
+def _ft_variant_keys(trials: pd.DataFrame, drop: tuple[str, ...]) -> list[str]:
+    return [k for k in cell_keys(trials[trials["stage"] == "finetune"]) if k not in drop]
+
+
 def learning_curves(epochs, trials, effect):
     ft = epochs[epochs["stage"] == "finetune"]
     if ft.empty:
         return None
-    ft = ft.assign(variant=variants(ft, ["stem", "labels_per_class", "lr"]))
+    ft = ft.assign(variant=variants(ft, _ft_variant_keys(trials, ("freeze", "init"))))
     freezes, rows = sorted(ft["freeze"].unique(), reverse=True), sorted(ft["variant"].unique())
     fig, axes = _grid(len(rows), len(freezes), "Fine-tuning test accuracy per epoch (mean and 95% CI over seeds)")
     for i, variant in enumerate(rows):
@@ -89,7 +94,7 @@ def rotation_curve(epochs, trials, effect):
     rot = epochs[epochs["stage"] == "rotation"]
     if rot.empty:
         return None
-    rot = rot.assign(variant=variants(rot, ["stem", "labels_per_class", "lr"]))
+    rot = rot.assign(variant=variants(rot, cell_keys(trials[trials["stage"] == "rotation"])))
     fig, axes = _grid(1, 1, "Rotation pretraining test accuracy per epoch (mean and 95% CI over seeds)")
     ax = axes[0][0]
     for variant, g in rot.groupby("variant"):
@@ -100,51 +105,50 @@ def rotation_curve(epochs, trials, effect):
     return fig
 
 
-def _accuracy_by(trials: pd.DataFrame, x: str, panel_keys: list[str], title: str, xlabel: str, log: bool = False):
-    """Best- and final-epoch accuracy (mean, 95% CI) against x, a line per init and metric, a panel per variant.
-    On a log axis, x = 0 ("all labels") is drawn as a horizontal line instead of a point."""
-    done = trials[(trials["stage"] == "finetune") & trials["finished"]]
-    if done.empty:
-        return None
-    done = done.assign(variant=variants(done, panel_keys))
-    if log:  # a panel needs a point on the log axis
-        done = done[done.groupby("variant")[x].transform("max") > 0]
-    if done.empty:
-        return None
-    panels = sorted(done["variant"].unique())
-    fig, axes = _grid(1, len(panels), title)
-    for ax, variant in zip(axes[0], panels):
-        for init, g in done[done["variant"] == variant].groupby("init"):
-            points = g[g[x] > 0] if log else g
-            cells = sorted(points[x].unique())
-            for k, (column, (name, ls)) in zip((-1, 1), METRIC_STYLE.items()):  # best / final side by side
-                xs = [c * (1 + 0.04 * k) if log else c + 0.06 * k for c in cells]
-                _errorbars(ax, xs, [t_interval(points.loc[points[x] == c, column] * 100) for c in cells],
-                           color=COLORS.get(init), ls=ls, label=f"{init}, {name}")
-                if log and (g[x] == 0).any():
-                    ax.axhline(g.loc[g[x] == 0, column].mean() * 100, color=COLORS.get(init), lw=1,
-                               ls=ALL_LABELS_LS[ls], label=f"{init}, {name}, all labels")
-        if log:
-            ax.set_xscale("log")
-        ticks = sorted(v for v in done[x].unique() if v > 0 or not log)
-        ax.set_xticks(ticks, [render.fmt(x, v) for v in ticks])
-        ax.minorticks_off()
-        _label(ax, variant, xlabel, ACC, "init, epoch")
-    return fig
+def _positions(values: list) -> tuple[dict, bool]:
+    """x position of each axis value, and whether the axis is logarithmic: numbers whose positive values span
+    10x or more go on a log axis (0, e.g. "all labels", is then drawn as a horizontal line); words are placed
+    in order at 0, 1, 2, ..."""
+    numeric = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values)
+    if not numeric:
+        return {v: i for i, v in enumerate(sorted(values, key=str))}, False
+    positive = [v for v in values if v > 0]
+    log = len(positive) >= 2 and max(positive) / min(positive) >= 10
+    return {v: v for v in values}, log
 
 
-def accuracy_by_freeze(epochs, trials, effect):
-    return _accuracy_by(trials, "freeze", ["stem", "labels_per_class", "lr"],
-                        "Test accuracy by freeze depth (mean and 95% CI over seeds)",
-                        "freeze depth (frozen groups of stem, layer1-4; 0 = full fine-tuning)")
+def accuracy_by(x: str):
+    """Figure maker: best- and final-epoch accuracy (mean, 95% CI) against axis x, a line per init and metric,
+    a panel per combination of the other varying keys."""
 
+    def make(epochs, trials, effect):
+        done = trials[(trials["stage"] == "finetune") & trials["finished"]].dropna(subset=[x])
+        if done.empty or done[x].astype(str).nunique() < 2:
+            return None
+        position, log = _positions(list(done[x].unique()))
+        done = done.assign(variant=variants(done, _ft_variant_keys(trials, ("init", x))))
+        panels = sorted(done["variant"].unique())
+        fig, axes = _grid(1, len(panels), f"Test accuracy by {render.label(x)} (mean and 95% CI over seeds)")
+        for ax, variant in zip(axes[0], panels):
+            for init, g in done[done["variant"] == variant].groupby("init"):
+                points = g[g[x] > 0] if log else g
+                cells = sorted(points[x].unique(), key=lambda v: position[v])
+                for k, (column, (name, ls)) in zip((-1, 1), METRIC_STYLE.items()):  # best / final side by side
+                    xs = [position[c] * (1 + 0.04 * k) if log else position[c] + 0.06 * k for c in cells]
+                    _errorbars(ax, xs, [t_interval(points.loc[points[x] == c, column] * 100) for c in cells],
+                               color=COLORS.get(init), ls=ls, label=f"{init}, {name}")
+                    if log and (g[x] == 0).any():
+                        ax.axhline(g.loc[g[x] == 0, column].mean() * 100, color=COLORS.get(init), lw=1,
+                                   ls=ALL_LABELS_LS[ls], label=f"{init}, {name}, {render.fmt(x, 0)}")
+            if log:
+                ax.set_xscale("log")
+            ticks = sorted((v for v in position if v > 0 or not log), key=lambda v: position[v])
+            ax.set_xticks([position[v] for v in ticks], [render.fmt(x, v) for v in ticks])
+            ax.minorticks_off()
+            _label(ax, variant, render.label(x) + (" (log scale)" if log else ""), ACC, "init, epoch")
+        return fig
 
-def accuracy_by_labels(epochs, trials, effect):
-    if trials.loc[trials["stage"] == "finetune", "labels_per_class"].nunique() < 2:
-        return None
-    return _accuracy_by(trials, "labels_per_class", ["stem", "lr", "freeze"],
-                        "Test accuracy by labels per class (mean and 95% CI over seeds)",
-                        "labels per class (log scale)", log=True)
+    return make
 
 
 def _interval(row: pd.Series, label: str) -> Interval:
@@ -154,7 +158,8 @@ def _interval(row: pd.Series, label: str) -> Interval:
 def pretraining_gap(epochs, trials, effect):
     if effect.empty or not effect["n pairs"].any():
         return None
-    effect = effect.assign(variant=variants(effect, ["stem", "labels_per_class", "lr"]))
+    effect = effect.assign(variant=variants(effect, [k for k in _ft_variant_keys(trials, ("freeze", "init"))
+                                                     if k in effect]))
     fig, axes = _grid(1, 1, "Effect of rotation pretraining: pretrained - random (mean and 95% CI, paired by seed)")
     ax = axes[0][0]
     palette = sns.color_palette("dark", effect["variant"].nunique())
@@ -172,9 +177,11 @@ def pretraining_gap(epochs, trials, effect):
     return fig
 
 
-FIGURES = {"rotation_curve": rotation_curve, "learning_curves": learning_curves,
-           "accuracy_by_freeze": accuracy_by_freeze, "accuracy_by_labels": accuracy_by_labels,
-           "pretraining_gap": pretraining_gap}
+def figure_makers(trials: pd.DataFrame) -> dict:
+    """The figures of this study: the fixed ones, and accuracy against each fine-tuning axis that varies."""
+    by_axis = {f"accuracy_by_{k.replace('.', '_')}": accuracy_by(k) for k in _ft_variant_keys(trials, ("init",))}
+    return {"rotation_curve": rotation_curve, "learning_curves": learning_curves, **by_axis,
+            "pretraining_gap": pretraining_gap}
 
 
 def save(fig: Figure, outdir: Path, name: str) -> None:
@@ -188,7 +195,7 @@ def save(fig: Figure, outdir: Path, name: str) -> None:
 def write_figures(epochs: pd.DataFrame, trials: pd.DataFrame, effect: pd.DataFrame, outdir: Path) -> list[tuple]:
     """Draw every figure the data supports; [(file stem, title)] of those written."""
     written = []
-    for name, make in FIGURES.items():
+    for name, make in figure_makers(trials).items():
         fig = make(epochs, trials, effect)
         if fig is not None:
             save(fig, outdir, name)

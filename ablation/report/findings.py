@@ -15,56 +15,65 @@ from .render import MISSING, fmt, variants
 from .tables import GAP_BEST, GAP_FINAL, ROTATION_METRICS, Table
 
 FREEZE_NAMES = {0: "full fine-tuning (freeze 0)", 4: "partial fine-tuning (freeze 4)"}
-VARIANT_KEYS = ["stem", "labels_per_class", "lr"]
 
 
 def trial_state(row: pd.Series) -> str:
-    if row["finished"]:
-        return "finished"
-    return "missing" if row["epochs_done"] == 0 else f"unfinished ({row['epochs_done']}/{row['epochs_planned']} epochs)"
+    """The study's state of a trial, its progress when unfinished, and whether the current spec asks for it."""
+    text = row["state"] if row["finished"] else f"{row['state']} ({row['epochs_done']}/{row['epochs']} epochs)"
+    return text if row["current"] else f"{text}, outside the current spec"
 
 
 def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame) -> list[str]:
     """Bullet lines: study, dataset and data fingerprint, code version(s), trials finished / planned."""
-    prov = manifest.get("provenance", {})
-    versions = [prov.get("code_version", "unknown")]
-    versions += [r["code_version"] for r in manifest.get("runs", []) if r.get("code_version") not in versions]
-    data = manifest.get("data", {})
-    datasets = sorted(set(trials["dataset"]))
+    runs = manifest.get("invocations", [])
+    versions = list(dict.fromkeys(r.get("code_version", "unknown") for r in runs)) or ["unknown"]
+    prints: dict[str, list[str]] = {}
+    for source, fp in manifest.get("data", {}).items():
+        prints.setdefault(source.split(":")[0], []).append(fp)
+    current = trials[trials["current"]]
+    datasets = sorted(set(current["dataset"]))
+    last = runs[-1] if runs else {}
     lines = [f"- Study: **{manifest.get('study', '?')}**" + (f" — {manifest['description']}"
                                                           if manifest.get("description") else ""),
-             "- Dataset: " + ", ".join(f"{d} (data fingerprint {data.get(d, 'unknown')})" for d in datasets),
+             "- Dataset: " + ", ".join(f"{d} (data fingerprint {', '.join(prints.get(d, ['unknown']))})"
+                                       for d in datasets),
              "- Code version: " + ", ".join(versions) + (" (runs used more than one)" if len(versions) > 1 else ""),
-             f"- Spec digest: {manifest.get('spec_digest', '?')}; created {manifest.get('created', '?')}",
-             f"- Trials finished: {int(trials['finished'].sum())} of {len(trials)} planned"]
-    devices = sorted(set(epochs["device"].dropna()))
+             f"- Spec digest: {last.get('spec_digest', '?')} (invocation {len(runs)} of the study); created "
+             f"{manifest.get('created', '?')}",
+             f"- Trials finished: {int(current['finished'].sum())} of {len(current)} planned"]
+    outside = len(trials) - len(current)
+    if outside:
+        lines.append(f"- {outside} trial(s) of earlier specs lie outside the current spec: kept on disk, listed "
+                     f"under Trials, left out of every table and figure")
+    devices = sorted(set(epochs["trained_on"].dropna()))
     if devices:
         lines.append("- Trained on: " + "; ".join(devices))
-    lines += sweep_cost(manifest, epochs)
-    seen = set(epochs["data_fingerprint"].dropna()) - set(data.values())
+    lines += sweep_cost(runs, trials)
+    seen = set(epochs["data_fingerprint"].dropna()) - set(manifest.get("data", {}).values())
     if seen:
         lines.append(f"- **Warning**: result lines carry data fingerprints {sorted(seen)} that the manifest does not "
                      f"list: some trials trained on other data")
     return lines
 
 
-def sweep_cost(manifest: dict[str, Any], epochs: pd.DataFrame) -> list[str]:
-    """How much of the slots' wall time went into training epochs: the rest is Ray, start-up, phase waits.
+def sweep_cost(runs: list[dict[str, Any]], trials: pd.DataFrame) -> list[str]:
+    """How much of the slots' wall time went into training epochs: the rest is Ray, start-up, dependency waits.
     A driver killed with SIGKILL records no end time, so a study with such a run gets no figure: counting
     its epochs against the other runs' wall time alone would overstate the share (above 100%)."""
-    runs = manifest.get("runs", [])
-    slots = manifest.get("slots")
-    if not runs or not slots or epochs.empty:
+    train = trials["wall_time_s"].fillna(0).sum()
+    if not runs or not train:
         return []
     killed = sum(1 for r in runs if not r.get("ended"))
     if killed:
         return [f"- Sweep cost: not computed: {killed} of {len(runs)} invocation(s) ended without recording an "
                 f"end time (killed, or still running)"]
-    wall = sum((pd.Timestamp(r["ended"]) - pd.Timestamp(r["started"])).total_seconds() for r in runs)
-    train = epochs["epoch_time_s"].sum()
-    return [f"- Sweep cost: {wall / 60:.1f} min of wall time over {len(runs)} invocation(s) x {slots:g} parallel "
-            f"slots; training epochs took {train / 60:.1f} min of it, {100 * train / (wall * slots):.0f}% of "
-            f"the slots (the rest: Ray and trial start-up, data loading, waiting for pretraining)"]
+    walls = [(pd.Timestamp(r["ended"]) - pd.Timestamp(r["started"])).total_seconds() for r in runs]
+    slot_time = sum(w * r.get("slots", 1) for w, r in zip(walls, runs))
+    slots = sorted({r.get("slots", 1) for r in runs})
+    return [f"- Sweep cost: {sum(walls) / 60:.1f} min of wall time over {len(runs)} invocation(s) x "
+            f"{'/'.join(f'{s:g}' for s in slots)} parallel slots; training epochs took {train / 60:.1f} min of it, "
+            f"{100 * train / slot_time:.0f}% of the slots (the rest: Ray and trial start-up, data loading, "
+            f"waiting for pretraining)"]
 
 
 def _ci(iv_row: pd.Series, label: str) -> str:
@@ -74,7 +83,7 @@ def _ci(iv_row: pd.Series, label: str) -> str:
 
 def rotation_findings(table: Table) -> list[str]:
     m, out = ROTATION_METRICS[0], []
-    for variant, (_, row) in zip(_variants(table.frame), table.frame.iterrows()):
+    for variant, (_, row) in zip(_variants(table), table.frame.iterrows()):
         if row["n seeds"] == 0:
             out.append(f"Rotation pretraining{variant}: no finished trial yet.")
             continue
@@ -91,7 +100,7 @@ def rotation_findings(table: Table) -> list[str]:
 
 def effect_findings(table: Table) -> list[str]:
     out = []
-    for variant, (_, row) in zip(_variants(table.frame), table.frame.iterrows()):
+    for variant, (_, row) in zip(_variants(table), table.frame.iterrows()):
         name = FREEZE_NAMES.get(row["freeze"], f"fine-tuning with freeze {row['freeze']}")
         if row["n pairs"] == 0:
             out.append(f"Pretraining effect on {name}{variant}: no finished pretrained/random seed pair yet.")
@@ -111,13 +120,15 @@ def _seeds(n: int) -> str:
     return f"{n} seed" + ("" if n == 1 else "s")
 
 
-def _variants(frame: pd.DataFrame) -> list[str]:
-    return [f" [{d}]" if d else "" for d in variants(frame, VARIANT_KEYS)]
+def _variants(table: Table) -> list[str]:
+    """Each row's cell, named by its varying keys other than freeze (which the sentence names itself)."""
+    return [f" [{d}]" if d else "" for d in variants(table.frame, [k for k in table.keys if k != "freeze"])]
 
 
 def findings(trials: pd.DataFrame, tables: list[Table]) -> list[str]:
     """Bullet sentences: data caveat, unfinished trials, rotation accuracy, pretraining effect per freeze depth."""
     out = []
+    trials = trials[trials["current"]]
     datasets = set(trials["dataset"])
     if datasets != {reference.REPORT_DATASET}:
         out.append(f"This study used {', '.join(sorted(datasets))}; the report's numbers are for "

@@ -1,8 +1,10 @@
-"""Study directory -> two tidy frames: one row per trial per epoch, one row per planned trial.
+"""Study directory -> two tidy frames (one row per trial per epoch, one row per trial) and the cell keys.
 
-Why: every table, figure and finding is computed from these frames, so this is the one place that knows
-the study layout: the manifest's planned trials, and Tune's `<phase>/<trial>/result.json` lines, where an
-epoch retrained after a resume appears twice (the last line wins) and the last line may be torn by a kill.
+Why: every table, figure and finding is computed from these frames. The study's files are read through
+study.py (the one owner of the layout and of trial states); the cells are derived here, from the data: every
+config key that varies across the current spec's trials of a stage, other than the seed, is a cell key.
+A key the report was never taught about still separates cells, so trials of two cells are never pooled as
+if they were seeds. A pretrained fine-tune also carries its rotation trial's config as `pretrain.<key>`.
 """
 
 from __future__ import annotations
@@ -12,69 +14,79 @@ from typing import Any
 
 import pandas as pd
 
-from ..results import read_results
-from ..sweep import StudyError, read_manifest
+from ..config import LOCATION_KEYS, TrialConfig
+from ..study import FINISHED, read_manifest, trial_records
 
-# What identifies a trial's cell (all seeds of one configuration); dataset and epochs are constant in a study.
-CELL_KEYS = ["dataset", "epochs_planned", "stage", "stem", "labels_per_class", "lr", "freeze", "init"]
-CONFIG_KEYS = CELL_KEYS + ["seed"]
-# Per-epoch values kept from each result line ("lr" there is the scheduled lr, renamed to keep the config's).
+CONFIG_KEYS = [k for k in TrialConfig.fields() if k not in LOCATION_KEYS]
+NOT_CELL = {"seed", "pretrain.seed", "stage", "crash_at_epoch"}  # seeds are what a cell averages over
+# Per-epoch values kept from each metrics row ("lr" there is the scheduled lr, renamed to keep the config's).
 EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_acc", "test_loss": "test_loss",
               "test_acc": "test_acc", "lr": "epoch_lr", "epoch_time_s": "epoch_time_s",
-              "train_images_per_s": "train_images_per_s", "time_total_s": "time_total_s",
-              "data_fingerprint": "data_fingerprint", "device": "device"}
+              "train_images_per_s": "train_images_per_s", "data_fingerprint": "data_fingerprint", "device": "trained_on"}
+SUMMARY = ["state", "current", "finished", "epochs_done", "trained", "final_test_acc", "best_test_acc", "best_epoch",
+           "lowest_test_loss", "wall_time_s", "pretrained_digest"]
 
 
-def load_manifest(study_dir: Path) -> dict[str, Any]:
-    """The study's manifest; anything else is the sweep's one-line StudyError."""
-    manifest = read_manifest(study_dir)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("trials"), list):
-        raise StudyError(f"{study_dir}/manifest.json lists no trials; is it a study directory?")
-    return manifest
+def _config_columns(record: dict[str, Any], by_key: dict[str, dict]) -> dict[str, Any]:
+    cfg = {k: record["config"].get(k) for k in CONFIG_KEYS}
+    source = by_key.get(record.get("depends_on") or "")
+    if source is not None:
+        cfg.update({f"pretrain.{k}": source["config"].get(k) for k in CONFIG_KEYS})
+    return cfg
 
 
-def read_result_lines(trial_dir: Path) -> list[dict[str, Any]]:
-    """One row per epoch, in epoch order: an epoch logged twice (retrained after a kill) keeps its last row."""
-    by_epoch = {row["epoch"]: row for row in read_results(trial_dir) if isinstance(row.get("epoch"), int)}
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _config(trial: dict[str, Any]) -> dict[str, Any]:
-    cfg = {**trial["config"], "epochs_planned": trial["config"].get("epochs")}
-    return {"trial": trial["id"], "phase": trial["phase"], **{k: cfg.get(k) for k in CONFIG_KEYS}}
-
-
-def epochs_frame(study_dir: Path, manifest: dict[str, Any]) -> pd.DataFrame:
-    """One row per trial per reported epoch, with the trial's config keys."""
-    rows = []
-    for trial in manifest["trials"]:
-        base = _config(trial)
-        for line in read_result_lines(Path(study_dir) / trial["phase"] / trial["id"]):
-            rows.append({**base, **{new: line.get(old) for old, new in EPOCH_KEYS.items()}})
-    return pd.DataFrame(rows, columns=["trial", "phase", *CONFIG_KEYS, *EPOCH_KEYS.values()])
-
-
-def trials_frame(manifest: dict[str, Any], epochs: pd.DataFrame) -> pd.DataFrame:
-    """One row per planned trial: config, epochs done, finished flag and its summary numbers (NaN if none)."""
-    planned = pd.DataFrame([_config(t) for t in manifest["trials"]], columns=["trial", "phase", *CONFIG_KEYS])
-    epochs = epochs.sort_values(["trial", "epoch"], ignore_index=True)
-    by_trial = epochs.groupby("trial")
-    summary = pd.DataFrame({
-        "epochs_done": by_trial["epoch"].max(),
-        "final_test_acc": by_trial["test_acc"].last(),
-        "best_test_acc": by_trial["test_acc"].max(),
-        "best_epoch": by_trial["test_acc"].idxmax().map(epochs["epoch"]),
-        "lowest_test_loss": by_trial["test_loss"].min(),
-        "wall_time_s": by_trial["epoch_time_s"].sum(),
-    })
-    out = planned.merge(summary, left_on="trial", right_index=True, how="left")
-    out["epochs_done"] = out["epochs_done"].fillna(0).astype(int)
-    out["finished"] = out["epochs_done"] >= out["epochs_planned"]
-    return out
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    rows = record["rows"]
+    if not rows:
+        return {"epochs_done": 0, "pretrained_digest": None}
+    accs = [r["test_acc"] for r in rows]
+    best = max(range(len(rows)), key=lambda i: accs[i])
+    return {"epochs_done": rows[-1]["epoch"], "final_test_acc": accs[-1], "best_test_acc": accs[best],
+            "best_epoch": rows[best]["epoch"], "lowest_test_loss": min(r["test_loss"] for r in rows),
+            "wall_time_s": sum(r["epoch_time_s"] for r in rows), "pretrained_digest": rows[0].get("pretrained_digest")}
 
 
 def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
-    """(manifest, epochs frame, trials frame) of a study directory."""
-    manifest = load_manifest(study_dir)
-    epochs = epochs_frame(study_dir, manifest)
-    return manifest, epochs, trials_frame(manifest, epochs)
+    """(manifest, epochs frame, trials frame); the trials frame holds every trial the study ever planned,
+    `current` saying which ones the newest spec asks for (only those enter tables and figures)."""
+    manifest = read_manifest(study_dir)
+    records = trial_records(study_dir, manifest)
+    by_key = {r["key"]: r for r in records}
+    trial_rows, epoch_rows, columns = [], [], {"trial": None, "key": None, **dict.fromkeys(CONFIG_KEYS)}
+    for r in records:
+        base = {"trial": r["name"], "key": r["key"], **_config_columns(r, by_key)}
+        columns.update(dict.fromkeys(base))
+        trial_rows.append({**base, "state": r["state"], "current": r["current"], "finished": r["state"] == FINISHED,
+                           "trained": r["trained"], **_summary(r)})
+        if r["current"]:
+            epoch_rows += [{**base, **{new: row.get(old) for old, new in EPOCH_KEYS.items()}} for row in r["rows"]]
+    # pretrain.<key> columns that are the same for every pretrained trial say nothing: the rotation rows show them
+    columns = {c: None for c in columns if not c.startswith("pretrain.")
+               or len({str(r.get(c)) for r in trial_rows if c in r}) > 1}
+    trials = pd.DataFrame(trial_rows, columns=[*columns, *SUMMARY])
+    trials["epochs_done"] = trials["epochs_done"].fillna(0).astype(int)
+    epochs = pd.DataFrame(epoch_rows, columns=[*columns, *EPOCH_KEYS.values()])
+    return manifest, epochs, trials
+
+
+def cell_keys(trials: pd.DataFrame) -> list[str]:
+    """Keys whose values differ across these (current) trials, seed aside: what tells their cells apart."""
+    keys = []
+    for column in trials.columns:
+        if column in NOT_CELL or column in SUMMARY or column in ("trial", "key"):
+            continue
+        if column not in CONFIG_KEYS and not column.startswith("pretrain."):
+            continue
+        values = trials[column].dropna()
+        if values.astype(str).nunique() > 1:
+            keys.append(column)
+    return keys
+
+
+def groups(frame: pd.DataFrame, keys: list[str]):
+    """(cell values as a dict, rows) per cell of keys, NaN a value like any other; one cell when no keys."""
+    if not keys:
+        yield {}, frame
+        return
+    for values, rows in frame.groupby(keys, sort=True, dropna=False):
+        yield dict(zip(keys, values if isinstance(values, tuple) else (values,))), rows

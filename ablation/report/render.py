@@ -15,8 +15,8 @@ import pandas as pd
 from . import reference
 from .tables import Table
 
-KEY_LABELS = {"dataset": "dataset", "epochs_planned": "epochs", "stem": "stem", "labels_per_class": "labels/class",
-              "lr": "lr", "freeze": "freeze", "init": "init"}
+LABELS = {"labels_per_class": "labels/class"}  # shorter headers; any other key is shown by its name
+ALL_LABELS = {"labels_per_class", "pretrain.labels_per_class"}  # 0 means every label: shown as "all"
 HIDDEN = (" std", " CI low", " CI high", " report", " report outside CI")
 DAGGER = "†"
 MISSING = "—"
@@ -26,33 +26,37 @@ def fmt(column: str, value) -> str:
     """One cell as text: NaN as a dash, labels_per_class 0 as "all", p-values and losses with 3 decimals."""
     if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
         return MISSING
-    if column == "labels_per_class":
+    if column in ALL_LABELS:
         return "all" if value == 0 else str(int(value))
-    if column == "lr":
-        return f"{value:g}"
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
+        if " " not in column:  # a config key (metric columns have spaces): its value as written, 0.0005 not 0.00
+            return f"{value:g}"
         if column.endswith(" p"):
             return "<0.001" if value < 0.001 else f"{value:.3f}"
         return f"{value:.3f}" if "loss" in column else f"{value:+.2f}" if "diff" in column else f"{value:.2f}"
     return str(value)
 
 
-def constant_keys(frame: pd.DataFrame, keys=KEY_LABELS) -> list[str]:
-    return [k for k in keys if k in frame and frame[k].nunique(dropna=False) == 1]
+def label(key: str) -> str:
+    return LABELS.get(key, key)
+
+
+def constant_keys(frame: pd.DataFrame, keys) -> list[str]:
+    return [k for k in keys if k in frame and frame[k].astype(str).nunique() == 1]
 
 
 def describe(frame: pd.DataFrame, keys) -> list[str]:
     """"key value" per row for the given keys, e.g. "stem imagenet, labels/class all" ("" when no keys)."""
-    return [", ".join(f"{KEY_LABELS[k]} {fmt(k, row[k])}" for k in keys) for _, row in frame.iterrows()]
+    return [", ".join(f"{label(k)} {fmt(k, row[k])}" for k in keys) for _, row in frame.iterrows()]
 
 
 def variants(frame: pd.DataFrame, keys) -> list[str]:
     """Each row described by those of the keys that vary across the frame ("" when none do)."""
-    return describe(frame, [k for k in keys if frame[k].nunique() > 1])
+    return describe(frame, [k for k in keys if k in frame and frame[k].astype(str).nunique() > 1])
 
 
 def _mean_sd(mean: str, sd: str) -> str:
@@ -62,12 +66,12 @@ def _mean_sd(mean: str, sd: str) -> str:
 def display(table: Table) -> tuple[str, list[tuple[str, list[str]]], bool]:
     """(caption of the constant keys, [(header, cells)], whether any cell carries the dagger)."""
     df = table.frame
-    constant = constant_keys(df)
+    constant = constant_keys(df, table.keys)
     caption = describe(df.head(1), constant)[0]
-    columns = [(KEY_LABELS[k], [fmt(k, v) for v in df[k]]) for k in KEY_LABELS if k in df and k not in constant]
+    columns = [(label(k), [fmt(k, v) for v in df[k]]) for k in table.keys if k in df and k not in constant]
     dagger = False
     for col in df.columns:
-        if col in KEY_LABELS or col.endswith(HIDDEN):
+        if col in table.keys or col.endswith(HIDDEN):
             continue
         if not col.endswith(" mean"):
             columns.append((col.split(" ")[-1] if col.endswith((" t", " p")) else col, [fmt(col, v) for v in df[col]]))

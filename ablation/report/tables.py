@@ -1,8 +1,9 @@
 """Numeric summary tables of a study: one row per cell (all seeds of one configuration), percent units.
 
-Why: the questions the study answers are fixed (does rotation pretraining reach the report's accuracy,
-does it help partial or full fine-tuning, how do freeze depth and label count change that); each is
-one table here, computed from the trials frame, with the report's number beside ours where comparable.
+Why: the report's questions (does rotation pretraining reach its accuracy, does it help partial or full
+fine-tuning) each get a table with the report's number beside ours where comparable; every other axis a
+study adds (any key that varies: frames.cell_keys) becomes a column of the generic tables without a line
+of code here: every cell of the study, and the pretrained - random difference per cell.
 Only finished trials enter a cell (a half-trained trial's "final" accuracy is not final); `n seeds`
 and `planned` say how many did. Rendering to Markdown / LaTeX lives in render.py.
 """
@@ -15,13 +16,10 @@ from typing import Callable
 import pandas as pd
 
 from . import reference
+from .frames import cell_keys, groups
 from .stats import Interval, paired_test, t_interval
 
-SETUP = ["dataset", "epochs_planned", "stem", "labels_per_class", "lr"]
-ROTATION_KEYS = SETUP
-FINETUNE_KEYS = SETUP + ["freeze", "init"]
-PAIR_KEYS = SETUP + ["freeze"]
-LABEL_KEYS = ["dataset", "epochs_planned", "stem", "lr", "freeze", "labels_per_class", "init"]
+SETUP = ["dataset", "epochs"]  # shown in every table (in its caption when constant): which study this is
 INITS = ("pretrained", "random")
 SUMMARY_NOTE = ("best = highest test accuracy over epochs (what the report printed); final = last epoch. "
                 "Mean ± sample sd over seeds; 95% CI = Student t-interval over seeds (none with n < 2). "
@@ -54,10 +52,12 @@ class Table:
     title: str
     frame: pd.DataFrame
     notes: list[str] = field(default_factory=lambda: [SUMMARY_NOTE])
+    keys: list[str] = field(default_factory=list)  # the columns that name a row (setup and cell keys)
 
 
 def metric_columns(metric: Metric, iv: Interval, cell: dict) -> dict:
-    """mean / std / CI columns of one metric, and the report's number with an outside-our-CI flag."""
+    """mean / std / CI columns of one metric, and the report's number with an outside-our-CI flag.
+    cell: every config value the cell's trials share (the report's numbers are looked up by them)."""
     out = {f"{metric.label} mean": iv.mean, f"{metric.label} std": iv.std,
            f"{metric.label} CI low": iv.low, f"{metric.label} CI high": iv.high}
     if metric.reference:
@@ -67,59 +67,83 @@ def metric_columns(metric: Metric, iv: Interval, cell: dict) -> dict:
     return out
 
 
+def _shared(rows: pd.DataFrame) -> dict:
+    """The config values every one of these trials has (what the report's reference lookup reads)."""
+    first = rows.iloc[0]
+    return {k: first[k] for k in rows.columns if rows[k].astype(str).nunique() == 1}
+
+
 def summarize(trials: pd.DataFrame, keys: list[str], metrics: list[Metric]) -> pd.DataFrame:
     """One row per cell of `keys`: n finished seeds, planned trials, and each metric's interval over seeds."""
     rows = []
-    for values, cell in trials.groupby(keys, sort=True):
-        key = dict(zip(keys, values))
+    for key, cell in groups(trials, keys):
         done = cell[cell["finished"]]
+        if done["seed"].duplicated().any():  # two trials of one seed in a cell: a key that varies is missing
+            raise ValueError(f"cell {key} holds two trials of one seed; its keys {keys} do not separate them")
         row = {**key, "n seeds": len(done), "planned": len(cell)}
         for m in metrics:
-            row.update(metric_columns(m, t_interval(done[m.column] * m.scale), key))
+            row.update(metric_columns(m, t_interval(done[m.column] * m.scale), _shared(cell)))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def pretraining_effect(finetune: pd.DataFrame) -> pd.DataFrame:
-    """Pretrained - random per (setup, freeze), paired by seed: mean difference, 95% CI, paired t-test."""
+def pretraining_effect(finetune: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Pretrained - random per cell, paired by seed: mean difference, 95% CI, paired t-test. A pretrained cell
+    (its pretrain.* keys included) is paired with the random-init cell that matches it on every own key."""
+    keys = [k for k in keys if k != "init"]
+    own = [k for k in keys if not k.startswith("pretrain.")]
+    pretrained, random = (finetune[finetune["init"] == init] for init in INITS)
     rows = []
-    for values, cell in finetune.groupby(PAIR_KEYS, sort=True):
-        if not set(INITS) <= set(cell["init"]):
+    for key, pre in groups(pretrained, keys):
+        rnd = random
+        for k in own:
+            rnd = rnd[rnd[k] == key[k]]
+        if rnd.empty:
             continue
-        key = dict(zip(PAIR_KEYS, values))
-        done = cell[cell["finished"]]
-        side = {init: done[done["init"] == init].set_index("seed") for init in INITS}
+        side = {init: part[part["finished"]].set_index("seed") for init, part in zip(INITS, (pre, rnd))}
         row = dict(key)
         for m in (GAP_BEST, GAP_FINAL):
             res = paired_test(side["pretrained"][m.column] * m.scale, side["random"][m.column] * m.scale)
             row["n pairs"] = res.diff.n
-            row.update(metric_columns(m, res.diff, key))
+            row.update(metric_columns(m, res.diff, _shared(pre)))
             row.update({f"{m.label} t": res.t, f"{m.label} p": res.p})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _keys(*groups_of_keys: list[str]) -> list[str]:
+    out: list[str] = []
+    for keys in groups_of_keys:
+        out += [k for k in keys if k not in out]
+    return out
+
+
 def build_tables(trials: pd.DataFrame) -> list[Table]:
-    """Every table the study's trials support, in report order (absent data: table left out)."""
-    rotation = trials[trials["stage"] == "rotation"]
-    finetune = trials[trials["stage"] == "finetune"]
+    """Every table the current spec's trials support, in report order (absent data: table left out). The
+    freeze 4 / freeze 0 tables are the report's protocol; the rest follow whatever keys vary."""
+    current = trials[trials["current"]]
+    rotation = current[current["stage"] == "rotation"]
+    finetune = current[current["stage"] == "finetune"]
     tables = []
     if len(rotation):
+        keys = _keys(SETUP, cell_keys(rotation))
         tables.append(Table("rotation", "Rotation pretraining (predict 0/90/180/270 degrees)",
-                            summarize(rotation, ROTATION_KEYS, ROTATION_METRICS)))
+                            summarize(rotation, keys, ROTATION_METRICS), keys=keys))
+    ft_keys = cell_keys(finetune)
     for freeze, name, title in ((4, "finetune_partial", "Partial fine-tuning (freeze 4: layer4 + fc trained)"),
                                 (0, "finetune_full", "Full fine-tuning (freeze 0: every layer trained)")):
         part = finetune[finetune["freeze"] == freeze]
         if len(part):
-            tables.append(Table(name, title, summarize(part, FINETUNE_KEYS, [BEST, FINAL])))
-    effect = pretraining_effect(finetune)
-    if len(effect):
-        tables.append(Table("pretraining_effect", "Effect of rotation pretraining: pretrained - random, "
-                            "paired by seed (points of test accuracy)", effect, [EFFECT_NOTE]))
-    if not set(finetune["freeze"]) <= {0, 4}:
-        tables.append(Table("by_freeze", "Test accuracy by freeze depth and init",
-                            summarize(finetune, FINETUNE_KEYS, [BEST, FINAL])))
-    if finetune["labels_per_class"].nunique() > 1:
-        tables.append(Table("by_labels", "Test accuracy by labels per class and init",
-                            summarize(finetune, LABEL_KEYS, [BEST, FINAL])))
+            keys = _keys(SETUP, [k for k in ft_keys if k != "freeze"], ["init"])
+            tables.append(Table(name, title, summarize(part, keys, [BEST, FINAL]), keys=keys))
+    if len(finetune) and (not set(ft_keys) <= {"init", "freeze"} or not set(finetune["freeze"]) <= {0, 4}):
+        keys = _keys(SETUP, ft_keys, ["init"])
+        tables.append(Table("finetune_cells", "Fine-tuning test accuracy, every cell of the study",
+                            summarize(finetune, keys, [BEST, FINAL]), keys=keys))
+    if {"pretrained", "random"} <= set(finetune["init"]):
+        effect = pretraining_effect(finetune, _keys(SETUP, ft_keys))
+        if len(effect):
+            tables.append(Table("pretraining_effect", "Effect of rotation pretraining: pretrained - random, paired by "
+                                "seed (points of test accuracy)", effect, [EFFECT_NOTE],
+                                keys=[k for k in _keys(SETUP, ft_keys) if k != "init"]))
     return tables

@@ -1,0 +1,187 @@
+"""The study directory, one owner: manifest, driver lock, trial records and their states (no torch, no ray).
+
+Why: sweep, status and report must agree on what a study holds and what state each trial is in. A study is
+the set of trials its invocations asked for; each trial is a run dir (rundir.py) named by its config digest,
+so an edited spec reuses every finished trial, continues interrupted ones and trains only new configs.
+Layout of <storage>/<name>/:
+    manifest.json        every trial ever planned (key -> name, dir, config, dependency), the data copies,
+                         and one record per invocation: its spec, the trials it planned and added, outcome
+    driver.pid           the lock of the live driver (pid host)
+    trials/<dir>/        one run dir per trial: run.json, metrics.jsonl, trained.log, checkpoints/
+    tune/<run>/          Tune's own experiment logs of each invocation (result.json, TensorBoard events)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from . import provenance, store
+from .config import UserError
+from .rundir import epochs_trained, read_rows
+from .spec import TRIALS_DIR, Spec, Trial
+from .store import Location
+
+MANIFEST = "manifest.json"
+LOCK = "driver.pid"
+TUNE_DIR = "tune"
+FORMAT = 2  # 1: phase1/phase2 Tune experiments (before 2026-12-01)
+# Trial states. "outside the current spec" is said beside the state, not instead of it.
+FINISHED, RUNNING, WAITING, INTERRUPTED, FAILED, SKIPPED, NOT_STARTED = (
+    "finished", "running", "waiting", "interrupted", "failed", "skipped", "not started")
+
+
+class StudyError(UserError):
+    """A study that cannot run as asked (another data copy, already running, not a study dir)."""
+
+
+def read_manifest(study_dir: Location) -> dict[str, Any]:
+    try:
+        manifest = json.loads(store.read_file(store.child(study_dir, MANIFEST)) or "")
+    except (OSError, ValueError):
+        raise StudyError(f"{study_dir} is not a study directory (no readable {MANIFEST}); "
+                         f"point at <storage>/<study name>") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("trials"), (dict, list)):
+        raise StudyError(f"{study_dir}/{MANIFEST} lists no trials; is it a study directory?")
+    if manifest.get("format") != FORMAT:
+        raise StudyError(f"{study_dir} was written by an older ablation (phase1/phase2 layout); report it with "
+                         f"that version (its code version is in {MANIFEST}), or start over with --fresh")
+    return manifest
+
+
+def live_driver(study_dir: Location) -> tuple[int, str] | None:
+    """(pid, host) of the study's lock if that driver may be alive (a SIGKILLed driver leaves a stale lock).
+    A lock taken on another host cannot be checked from here and counts as alive."""
+    try:
+        fields = (store.read_file(store.child(study_dir, LOCK)) or "").split()
+        pid, host = int(fields[0]), (fields[1] if len(fields) > 1 else socket.gethostname())
+        if host == socket.gethostname():
+            os.kill(pid, 0)
+    except PermissionError:
+        pass  # alive, owned by another user
+    except (OSError, ValueError, IndexError):
+        return None  # no lock, a torn lock, or no such process
+    return pid, host
+
+
+def check_claim(study_dir: Location, fresh: bool) -> dict[str, Any] | None:
+    """Refuse a second live driver; returns the existing manifest (None for a new study, or with --fresh)."""
+    if not store.exists(study_dir):
+        return None
+    driver = live_driver(study_dir)
+    if driver is not None and driver != (os.getpid(), socket.gethostname()):
+        raise StudyError(f"{study_dir} is being run by process {driver[0]} on {driver[1]}; wait for it or stop "
+                         f"it first (if that driver is gone, delete {store.child(study_dir, LOCK)})")
+    if fresh:
+        if store.is_uri(study_dir):
+            raise StudyError(f"--fresh cannot move a study aside on object storage ({study_dir}); give the spec a "
+                             f"new name instead")
+        return None
+    return read_manifest(study_dir) if store.exists(store.child(study_dir, MANIFEST)) else None
+
+
+def check_data(study_dir: Location, manifest: dict[str, Any] | None, data: dict[str, str]) -> None:
+    """Trials of one study must see the same data: another dataset or copy under its name is refused."""
+    if not manifest:
+        return
+    old: dict[str, set[str]] = {}
+    for source, fp in manifest.get("data", {}).items():
+        old.setdefault(source.split(":")[0], set()).add(fp)
+    new = {source.split(":")[0]: fp for source, fp in data.items()}
+    common = set(old) & set(new)
+    changed = [d for d in common if new[d] not in old[d]]
+    if changed or not common:
+        what = (f"its {changed[0]} data changed (fingerprint {new[changed[0]][:12]}, was "
+                f"{', '.join(sorted(f[:12] for f in old[changed[0]]))})" if changed else
+                f"it was trained on {', '.join(sorted(old))}, this spec asks for {', '.join(sorted(new))}")
+        raise StudyError(f"study {study_dir}: {what}; rerun with --fresh to set the old study aside, or give the "
+                         f"spec a new name")
+
+
+def move_aside(study_dir: Path) -> Path:
+    aside = Path(study_dir).with_name(f"{Path(study_dir).name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    Path(study_dir).rename(aside)
+    return aside
+
+
+def trial_entry(trial: Trial) -> dict[str, Any]:
+    return {"name": trial.name, "dir": trial.dirname, "config": trial.config.to_dict(),
+            "depends_on": trial.depends_on, "pretrain": [list(p) for p in trial.pretrain]}
+
+
+def begin(study_dir: Location, spec: Spec, spec_path: str, trials: list[Trial], data: dict[str, str],
+          old: dict[str, Any] | None, slots: float) -> dict[str, Any]:
+    """Take the lock and record this invocation: its spec, the trials it plans and which of them are new."""
+    store.write_file(store.child(study_dir, LOCK), f"{os.getpid()} {socket.gethostname()}\n")
+    record = provenance.record()
+    manifest = old or {"format": FORMAT, "study": spec.name, "created": record["time"], "provenance": record,
+                       "data": {}, "trials": {}, "invocations": []}
+    added = [t.key for t in trials if t.key not in manifest["trials"]]
+    manifest["trials"].update({t.key: trial_entry(t) for t in trials})  # names follow the newest spec
+    manifest["data"].update(data)
+    manifest["description"] = spec.description
+    manifest["invocations"].append({
+        "started": record["time"], "code_version": record["code_version"], "host": record["host"],
+        "pid": os.getpid(), "spec_file": str(Path(spec_path).resolve()), "spec": spec.raw,
+        "spec_digest": spec.digest, "resources": {"cpu": spec.cpu, "gpu": spec.gpu}, "slots": slots,
+        "planned": [t.key for t in trials], "added": added, "failed": {}, "skipped": {}})
+    save_manifest(study_dir, manifest)
+    return manifest
+
+
+def end(study_dir: Location, manifest: dict[str, Any], failed: dict[str, str], skipped: dict[str, str]) -> None:
+    run = manifest["invocations"][-1]
+    run.update(ended=provenance.now(), failed=failed, skipped=skipped,
+               outcome="finished" if not failed and not skipped else f"{len(failed)} failed, {len(skipped)} skipped")
+    save_manifest(study_dir, manifest)
+    store.remove_file(store.child(study_dir, LOCK))
+
+
+def save_manifest(study_dir: Location, manifest: dict[str, Any]) -> None:
+    store.write_file(store.child(study_dir, MANIFEST), json.dumps(manifest, indent=1))
+
+
+def trial_location(study_dir: Location, entry: dict[str, Any]) -> Location:
+    return store.child(study_dir, TRIALS_DIR, entry["dir"])
+
+
+def current_keys(manifest: dict[str, Any]) -> list[str]:
+    """The trials of the newest invocation's spec: the study as it now stands."""
+    return manifest["invocations"][-1]["planned"] if manifest.get("invocations") else []
+
+
+def is_finished(rows: list[dict[str, Any]], config: dict[str, Any]) -> bool:
+    return bool(rows) and rows[-1]["epoch"] >= config["epochs"]
+
+
+def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One record per trial the study ever planned, current spec first: its entry, epoch rows (deduplicated),
+    epochs trained in all (retrained ones again), state, and whether the current spec asks for it."""
+    manifest = manifest or read_manifest(study_dir)
+    current = current_keys(manifest)
+    last = manifest["invocations"][-1] if manifest.get("invocations") else {}
+    live = live_driver(study_dir) is not None
+    order = current + [k for k in manifest["trials"] if k not in set(current)]
+    out = []
+    for key in order:
+        entry = manifest["trials"][key]
+        location = trial_location(study_dir, entry)
+        rows = read_rows(location)
+        if is_finished(rows, entry["config"]):
+            state = FINISHED
+        elif key in last.get("failed", {}):
+            state = FAILED
+        elif key in last.get("skipped", {}):
+            state = SKIPPED
+        elif live and key in current:
+            state = RUNNING if rows else WAITING
+        else:
+            state = INTERRUPTED if rows else NOT_STARTED
+        out.append({"key": key, **entry, "location": location, "rows": rows, "trained": epochs_trained(location),
+                    "state": state, "current": key in current,
+                    "reason": last.get("failed", {}).get(key) or last.get("skipped", {}).get(key, "")})
+    return out
