@@ -78,15 +78,14 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 
 def newest_first(dirs: list[Path]) -> list[Path]:
-    """Order by the epoch in meta.json, then by when meta.json was written, not by name: after a restore
-    Tune numbers checkpoints on from its own snapshot, so a retrained epoch can land in a lower-numbered
-    directory than a stale (perhaps torn) copy of the same epoch."""
+    """Order by the epoch in meta.json (a directory without a readable one last): epoch_NNNN names alone would
+    put a torn directory first."""
 
-    def key(d: Path) -> tuple[int, float, str]:
+    def key(d: Path) -> tuple[int, str]:
         try:
-            return int(read_meta(d)["epoch"]), (d / META_FILE).stat().st_mtime, d.name
-        except (CheckpointError, KeyError, ValueError, OSError):
-            return -1, 0.0, d.name
+            return int(read_meta(d)["epoch"]), d.name
+        except (CheckpointError, KeyError, ValueError):
+            return -1, d.name
 
     return sorted(set(dirs), key=key, reverse=True)
 

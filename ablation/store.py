@@ -161,9 +161,9 @@ def mirror_dir(uri: str) -> Path:
 
 def local_copy(location: Location) -> Path:
     """A local folder holding the study: the path itself, or a fresh copy of a URI study without its
-    checkpoints (status and report only read the manifest and the trials' records)."""
+    checkpoints and Tune's logs (status and report only read the manifest and the trials' records)."""
     if not is_uri(location):
         return Path(location)
     local = mirror_dir(str(location))
     shutil.rmtree(local, ignore_errors=True)  # files deleted remotely must not linger here
-    return download(str(location), local, skip_dirs=("checkpoint_",))
+    return download(str(location), local, skip_dirs=("checkpoints", "tune"))

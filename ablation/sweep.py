@@ -12,7 +12,6 @@ invocation began waits for a second Tune run, which starts once its rotation tri
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any

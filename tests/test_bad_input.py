@@ -28,7 +28,7 @@ def assert_one_line_exit_2(result, expected):
 
 CASES = {
     "unknown key suggests": ({"finetune": {"epoch": 3}}, "unknown key 'epoch' (did you mean 'epochs'?)"),
-    "unknown top-level key": ({"seed": [0]}, "'seed' is set by the study's axes"),
+    "unknown top-level key": ({"seed": [0]}, "'seed' is set by the study's planner; use seeds: [...]"),
     "wrong type": ({"finetune": {"lr": "fast"}}, "lr must be float, got 'fast'"),
     "negative epochs": ({"pretrain": {"epochs": -2}}, "epochs=-2 is out of range (must be >= 1)"),
     "zero epochs": ({"finetune": {"epochs": 0}}, "epochs=0 is out of range"),
@@ -41,7 +41,7 @@ CASES = {
                                        "labels_per_class=7000 exceeds the 6000 images per class"),
     "dataset missing offline": ({"dataset": "imagefolder", "data_dir": "/nonexistent/cifar"},
                                 "data_dir= must hold train/<class>/* and test/<class>/*"),
-    "unknown init": ({"init": ["pretrained", "imagenet"]}, "init='imagenet' is not one of pretrained, random"),
+    "unknown init": ({"init": ["pretrained", "imagenet"]}, "init='imagenet' is not one of random, pretrained"),
 }
 
 
@@ -65,18 +65,15 @@ def test_missing_spec_file(tmp_path):
     assert_one_line_exit_2(ablation("sweep", str(tmp_path / "none.yaml")), "cannot read")
 
 
-def test_a_spec_changed_since_the_study_began_is_refused(tmp_path):
+def test_a_study_of_the_old_phase_layout_is_refused(tmp_path):
+    """Studies written before trials were keyed by their config (phase1/phase2 dirs) are not mixed with new ones."""
     storage = tmp_path / "studies"
     study = storage / "t"
-    study.mkdir(parents=True)
-    from ablation.sweep import load_spec
-
-    old = load_spec(str(write_spec(tmp_path / "old.yaml")))
-    (study / "manifest.json").write_text(json.dumps({"spec_digest": old.digest, "trials": []}))
+    (study / "phase1").mkdir(parents=True)
+    (study / "manifest.json").write_text(json.dumps({"spec_digest": "0" * 16, "trials": []}))
     before = snapshot(study)
-    spec = write_spec(tmp_path / "new.yaml", seeds=[0, 1, 2])
-    assert_one_line_exit_2(ablation("sweep", str(spec), "--storage", str(storage)),
-                           "the spec of study 't' changed since it began")
+    assert_one_line_exit_2(ablation("sweep", str(write_spec(tmp_path / "s.yaml")), "--storage", str(storage)),
+                           "was written by an older ablation (phase1/phase2 layout)")
     assert snapshot(study) == before
 
 

@@ -13,10 +13,9 @@ import pytest
 
 from ablation.checkpoint import checkpoint_dirs, load_checkpoint
 from ablation.models import weights_digest
-from ablation.status import trial_states
 from ablation.sweep import run_study
 from conftest import write_spec
-from test_sweep import kill_driver, rows_by_trial, start_driver, trained_by_trial
+from test_sweep import kill_driver, rows_by_trial, start_driver, trained_by_trial, trial_dirs, trial_states
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +29,7 @@ def outcome(study):
     for trial, rows in rows_by_trial(study).items():
         assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1)), trial
         final = rows[-1]
-        phase = "phase2" if "-pretrained-" in trial else "phase1"
-        weights = load_checkpoint(checkpoint_dirs(study / phase / trial)[0])["model"]
+        weights = load_checkpoint(checkpoint_dirs(trial_dirs(study)[trial])[0])["model"]
         out[trial] = ({k: final[k] for k in ("epoch", "train_loss", "test_loss", "test_acc")}, weights_digest(weights))
     return out
 
@@ -53,11 +51,11 @@ def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(tmp_path, ra
         kill_driver(proc)
         kills += 1
         if kills == 3:  # also tear the newest checkpoint of an unfinished trial
-            unfinished = [s["id"] for s in trial_states(study) if s["state"] != "finished"
-                          and checkpoint_dirs(study / ("phase2" if "-pretrained-" in s["id"] else "phase1") / s["id"])]
+            unfinished = [s["name"] for s in trial_states(study) if s["state"] != "finished"
+                          and checkpoint_dirs(trial_dirs(study)[s["name"]])]
             if unfinished:
                 trial = unfinished[0]
-                newest = checkpoint_dirs(study / ("phase2" if "-pretrained-" in trial else "phase1") / trial)[0]
+                newest = checkpoint_dirs(trial_dirs(study)[trial])[0]
                 state = newest / "state.pt"
                 state.write_bytes(state.read_bytes()[: state.stat().st_size // 3])
                 corrupted = 1

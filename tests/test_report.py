@@ -1,7 +1,8 @@
-"""`ablation report` on a real tiny study (tests/fixtures/study_tiny: manifest + Tune result files of
-`ablation sweep experiments/tiny.yaml`, checkpoints stripped): the tables hold the numbers computed here
-independently from the raw result.json lines, figures are written, an unfinished study still reports,
-and a directory that is not a study is one line and exit code 2.
+"""`ablation report` on a real tiny study (tests/fixtures/study_tiny: manifest + trial records of
+`ablation sweep tests/fixtures/tiny.yaml`, checkpoints and Tune logs stripped): the tables hold the numbers
+computed here independently from the raw metrics.jsonl lines, figures are written, an unfinished study still
+reports, a key the report was never taught keeps its cells apart, and a directory that is not a study is
+one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def raw_trials(study: Path) -> list[dict]:
     """Per planned trial: config and its raw epochs (last line per epoch wins, torn lines skipped)."""
     manifest = json.loads((study / "manifest.json").read_text())
     out = []
-    for t in manifest["trials"]:
-        path = study / t["phase"] / t["id"] / "result.json"
+    for key in manifest["invocations"][-1]["planned"]:
+        t = {**manifest["trials"][key], "id": manifest["trials"][key]["name"]}
+        path = study / "trials" / t["dir"] / "metrics.jsonl"
         by_epoch = {}
         for line in (path.read_text().splitlines() if path.exists() else []):
             try:
@@ -92,7 +94,7 @@ def test_tidy_frames(study):
     assert set(trials) == {t["id"] for t in raw}
     for t in raw:
         row = trials[t["id"]]
-        assert row["finished"] == "True" and int(row["epochs_done"]) == t["epochs"] == int(row["epochs_planned"])
+        assert row["finished"] == "True" and int(row["epochs_done"]) == t["epochs"] == int(row["epochs"])
         assert close(row["best_test_acc"], best(t) / 100) and close(row["final_test_acc"], final(t) / 100)
         assert close(row["lowest_test_loss"], min(r["test_loss"] for r in t["rows"]))
         assert close(row["wall_time_s"], sum(r["epoch_time_s"] for r in t["rows"]))
@@ -156,13 +158,13 @@ def test_figures_written(study):
     for name in ("learning_curves", "rotation_curve", "accuracy_by_freeze", "pretraining_gap"):
         assert (figures / f"{name}.png").stat().st_size > 20_000
         assert (figures / f"{name}.svg").read_text().lstrip().startswith("<?xml")
-    assert not (figures / "accuracy_by_labels.png").exists()  # one label count: no such figure
+    assert not list(figures.glob("accuracy_by_labels*"))  # one label count: no such figure
 
 
 def test_report_md(study):
     text = (study / "report" / "report.md").read_text()
     manifest = json.loads((study / "manifest.json").read_text())
-    for needle in ("# Ablation report: tiny", "fashion-mnist", manifest["provenance"]["code_version"],
+    for needle in ("# Ablation report: tiny", "fashion-mnist", manifest["invocations"][0]["code_version"],
                    manifest["data"]["fashion-mnist"], "Trials finished: 10 of 10", "not meaningful",
                    "Pretraining changes partial fine-tuning (freeze 4)", "paired p = ", "n = 2 seeds"):
         assert needle in text, needle
@@ -171,24 +173,30 @@ def test_report_md(study):
     assert not list((study / "report").rglob(".*.tmp*"))  # atomic writes leave no temp files
 
 
+def trial_path(study: Path, name: str) -> Path:
+    manifest = json.loads((study / "manifest.json").read_text())
+    (entry,) = [t for t in manifest["trials"].values() if t["name"] == name]
+    return study / "trials" / entry["dir"] / "metrics.jsonl"
+
+
 def test_unfinished_study_still_reports(tmp_path):
     from ablation.report import write_report
-    from ablation.report.frames import read_result_lines
+    from ablation.rundir import read_rows
 
     study = tmp_path / "tiny"
     shutil.copytree(FIXTURE, study)
-    (study / "phase2/ft-imagenet-pretrained-f4-lpc0-lrbase-s1/result.json").unlink()
-    cut = study / "phase1/ft-imagenet-random-f0-lpc0-lrbase-s0/result.json"
+    trial_path(study, "ft-pretrained-f4-s1").unlink()
+    cut = trial_path(study, "ft-random-f0-s0")
     cut.write_text(cut.read_text().splitlines()[0] + '\n{"epoch": 2, "test_a')  # 1 epoch, then a torn line
-    rot = study / "phase1/rot-imagenet-s0/result.json"  # a resume retrained epoch 2: the last line wins
+    rot = trial_path(study, "rot-s0")  # an epoch written twice: the last line wins
     lines = rot.read_text().splitlines()
     rot.write_text("\n".join(lines + [json.dumps({**json.loads(lines[1]), "test_acc": 0.5})]) + "\n")
-    assert [r["test_acc"] for r in read_result_lines(rot.parent)][-1] == 0.5 and len(read_result_lines(cut.parent)) == 1
+    assert [r["test_acc"] for r in read_rows(rot.parent)][-1] == 0.5 and len(read_rows(cut.parent)) == 1
 
     text = write_report(study).read_text()
     assert "Trials finished: 8 of 10" in text and "2 of 10 planned trials are unfinished" in text
-    assert "| ft-imagenet-pretrained-f4-lpc0-lrbase-s1 | missing |" in text
-    assert "| ft-imagenet-random-f0-lpc0-lrbase-s0 | unfinished (1/2 epochs) |" in text
+    assert "| ft-pretrained-f4-s1 |" in text and "| not started (0/2 epochs) |" in text
+    assert "| ft-random-f0-s0 |" in text and "| interrupted (1/2 epochs) |" in text
     tables = study / "report" / "tables"
     partial = {r["init"]: r for r in read_csv(tables / "finetune_partial.csv")}
     assert partial["pretrained"]["n seeds"] == "1" and partial["pretrained"]["planned"] == "2"
@@ -210,28 +218,52 @@ def test_report_on_a_non_study_dir_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "report").exists()
 
 
-def test_freeze_and_label_axes_get_their_tables_and_figure(tmp_path):
-    """Relabel seed 1's fine-tune trials (freeze 4 -> 2, freeze 0 -> 10 labels per class): more axis values."""
+def relabel(study: Path, **values) -> None:
+    """Give seed 1's fine-tune trials other config values in the manifest, as if an axis had produced them."""
+    manifest = json.loads((study / "manifest.json").read_text())
+    for t in manifest["trials"].values():
+        if t["config"]["stage"] == "finetune" and t["config"]["seed"] == 1:
+            t["config"].update(values)
+    (study / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_key_the_report_never_heard_of_keeps_its_cells_apart(tmp_path):
+    """momentum is named nowhere in the report: when it varies it is a cell key, and the two seeds that now sit
+    in different cells are not pooled as if they were seeds of one (n = 1 per cell, never 2)."""
     from ablation.report import write_report
 
     study = tmp_path / "tiny"
     shutil.copytree(FIXTURE, study)
-    manifest = json.loads((study / "manifest.json").read_text())
-    for t in manifest["trials"]:
-        cfg = t["config"]
-        if cfg["stage"] == "finetune" and cfg["seed"] == 1:
-            cfg.update({"freeze": 2} if cfg["freeze"] == 4 else {"labels_per_class": 10})
-    (study / "manifest.json").write_text(json.dumps(manifest))
-    write_report(study)
+    relabel(study, momentum=0.8)
+    text = write_report(study).read_text()
     tables, raw = study / "report" / "tables", raw_trials(study)
-    by_freeze = read_csv(tables / "by_freeze.csv")
-    assert {(int(r["freeze"]), int(r["labels_per_class"])) for r in by_freeze} == {(0, 0), (2, 0), (4, 0), (0, 10)}
-    for row in read_csv(tables / "by_labels.csv"):
+    for name in ("finetune_partial", "finetune_full", "finetune_cells"):
+        rows = read_csv(tables / f"{name}.csv")
+        assert {float(r["momentum"]) for r in rows} == {0.8, 0.9} and {r["n seeds"] for r in rows} == {"1"}, name
+    for row in read_csv(tables / "finetune_cells.csv"):
         (trial,) = finished(raw, stage="finetune", freeze=int(row["freeze"]), init=row["init"],
-                            labels_per_class=int(row["labels_per_class"]))
-        assert row["n seeds"] == "1" and close(row["best acc (%) mean"], best(trial))
-    assert (study / "report" / "figures" / "accuracy_by_labels.png").stat().st_size > 20_000
-    assert "fine-tuning with freeze 2" in (study / "report" / "report.md").read_text()
+                            momentum=float(row["momentum"]))
+        assert close(row["best acc (%) mean"], best(trial))
+        assert (row["best acc (%) report"] == "") == (row["momentum"] == "0.8")  # 0.8 is not the report's protocol
+    assert {r["n pairs"] for r in read_csv(tables / "pretraining_effect.csv")} == {"1"}
+    assert "momentum" in (tables / "finetune_cells.md").read_text()
+    assert (study / "report" / "figures" / "accuracy_by_momentum.png").stat().st_size > 20_000
+    assert "[momentum 0.8]" in text
+
+
+def test_label_and_freeze_axes_get_log_and_linear_figures(tmp_path):
+    from ablation.report import write_report
+
+    study = tmp_path / "tiny"
+    shutil.copytree(FIXTURE, study)
+    relabel(study, labels_per_class=10)
+    text = write_report(study).read_text()
+    rows = read_csv(study / "report" / "tables" / "finetune_cells.csv")
+    assert {r["labels_per_class"] for r in rows} == {"0", "10"}
+    assert "| all |" in (study / "report" / "tables" / "finetune_cells.md").read_text()
+    for name in ("accuracy_by_freeze", "accuracy_by_labels_per_class"):
+        assert (study / "report" / "figures" / f"{name}.png").stat().st_size > 20_000
+    assert "Test accuracy by labels/class" in text
 
 
 def test_sweep_cost_counts_only_studies_whose_runs_all_ended():
@@ -239,10 +271,10 @@ def test_sweep_cost_counts_only_studies_whose_runs_all_ended():
 
     from ablation.report.findings import sweep_cost
 
-    epochs = pd.DataFrame({"epoch_time_s": [90.0, 30.0]})
-    run = {"started": "2026-11-30T10:00:00+00:00", "ended": "2026-11-30T10:02:00+00:00"}
-    (line,) = sweep_cost({"slots": 2, "runs": [run, run]}, epochs)
+    trials = pd.DataFrame({"wall_time_s": [90.0, 30.0]})
+    run = {"started": "2026-11-30T10:00:00+00:00", "ended": "2026-11-30T10:02:00+00:00", "slots": 2}
+    (line,) = sweep_cost([run, run], trials)
     assert "4.0 min of wall time over 2 invocation(s)" in line and "25% of the slots" in line  # 120 s / (240 s x 2)
-    killed = {"started": "2026-11-30T09:00:00+00:00"}  # a SIGKILLed driver records no end
-    (line,) = sweep_cost({"slots": 2, "runs": [killed, run]}, epochs)
+    killed = {"started": "2026-11-30T09:00:00+00:00", "slots": 2}  # a SIGKILLed driver records no end
+    (line,) = sweep_cost([killed, run], trials)
     assert "not computed: 1 of 2 invocation(s)" in line and "%" not in line

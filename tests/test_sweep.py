@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,30 +15,40 @@ from pathlib import Path
 import pytest
 
 from ablation.checkpoint import checkpoint_dirs, load_checkpoint
-from ablation.models import weights_digest
-from ablation.results import epochs_trained, read_results
-from ablation.status import trial_states
+from ablation.models import HEAD_KEYS, weights_digest
+from ablation.rundir import epochs_trained, read_rows
+from ablation.study import trial_records
 from ablation.sweep import run_study
 from conftest import write_spec
 
 pytestmark = pytest.mark.slow
 
 
-def trial_dirs(study: Path) -> dict[str, Path]:
+def trial_dirs(study: Path, everything: bool = False) -> dict[str, Path]:
+    """Trial name -> run dir, for the current spec's trials (or every trial the study ever planned)."""
     manifest = json.loads((study / "manifest.json").read_text())
-    return {t["id"]: study / t["phase"] / t["id"] for t in manifest["trials"]}
+    keys = manifest["trials"] if everything else manifest["invocations"][-1]["planned"]
+    return {manifest["trials"][k]["name"]: study / "trials" / manifest["trials"][k]["dir"] for k in keys}
+
+
+def trial_states(study: Path) -> list[dict]:
+    return [r for r in trial_records(study) if r["current"]]
 
 
 def rows_by_trial(study: Path) -> dict[str, list[dict]]:
-    return {trial: read_results(d) for trial, d in trial_dirs(study).items()}
+    return {trial: read_rows(d) for trial, d in trial_dirs(study).items()}
 
 
-def trained_by_trial(study: Path) -> dict[str, int]:
-    return {trial: epochs_trained(d) for trial, d in trial_dirs(study).items()}
+def trained_by_trial(study: Path, everything: bool = False) -> dict[str, int]:
+    return {trial: epochs_trained(d) for trial, d in trial_dirs(study, everything).items()}
 
 
-def final_state(study: Path, phase: str, trial: str) -> dict:
-    return load_checkpoint(checkpoint_dirs(study / phase / trial)[0])
+def final_state(study: Path, trial: str) -> dict:
+    return load_checkpoint(checkpoint_dirs(trial_dirs(study)[trial])[0])
+
+
+def backbone_digest(study: Path, trial: str) -> str:
+    return weights_digest({k: v for k, v in final_state(study, trial)["model"].items() if k not in HEAD_KEYS})
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +72,7 @@ def test_tiny_grid_completes_with_every_trial_finished(tiny_study):
 
 
 def test_pretrained_trials_loaded_their_own_seeds_backbone(tiny_study):
-    rotation = {seed: weights_digest({k: v for k, v in final_state(tiny_study, "phase1", f"rot-imagenet-s{seed}")
-                                      ["model"].items() if not k.startswith("fc.")}) for seed in (0, 1)}
+    rotation = {seed: backbone_digest(tiny_study, f"rot-s{seed}") for seed in (0, 1)}
     assert rotation[0] != rotation[1]
     for trial, rows in rows_by_trial(tiny_study).items():
         if "-pretrained-" in trial:
@@ -81,31 +91,27 @@ def test_a_trial_that_crashes_once_finishes_from_its_checkpoint(tmp_path, ray_se
     spec = write_spec(tmp_path / "c.yaml", name="crash", seeds=[0], init=["random"], freeze=[0],
                       finetune={"epochs": 3, "crash_at_epoch": 2})
     assert run_study(str(spec), storage=str(tmp_path)) == 0
-    trial_dir = tmp_path / "crash" / "phase1" / "ft-imagenet-random-f0-lpc0-lrbase-s0"
-    rows = read_results(trial_dir)
+    trial_dir = trial_dirs(tmp_path / "crash")["ft-random-f0-s0"]
+    rows = read_rows(trial_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert epochs_trained(trial_dir) == 3  # epoch 1 came from the checkpoint, not retrained
     clean = write_spec(tmp_path / "n.yaml", name="clean", seeds=[0], init=["random"], freeze=[0],
                        finetune={"epochs": 3})
     assert run_study(str(clean), storage=str(tmp_path)) == 0
-    clean_rows = read_results(tmp_path / "clean" / "phase1" / "ft-imagenet-random-f0-lpc0-lrbase-s0")
+    clean_rows = read_rows(trial_dirs(tmp_path / "clean")["ft-random-f0-s0"])
     assert [r["test_loss"] for r in rows] == [r["test_loss"] for r in clean_rows]  # resumed run is exact
 
 
-def test_a_driver_killed_while_tune_writes_its_first_state_resumes(tmp_path, ray_session):
-    """Tune writes tuner.pkl before its first experiment_state file; a kill between the two made the rerun
-    restart the experiment without its grid (one trial with an empty config, KeyError in CI)."""
+def test_tune_logs_are_not_needed_to_resume(tmp_path, ray_session):
+    """Each invocation is a fresh Tune run; the study's own records decide what is done. A study whose Tune
+    experiment logs are gone (or torn by a kill while Tune wrote them) reruns without training anything again."""
     spec = write_spec(tmp_path / "s.yaml", name="snap", seeds=[0], init=["random"], freeze=[0])
     assert run_study(str(spec), storage=str(tmp_path)) == 0
-    phase = tmp_path / "snap" / "phase1"
-    snapshots = list(phase.glob("experiment_state-*.json")) + list(phase.glob("search_gen_state-*.json"))
-    assert snapshots and (phase / "tuner.pkl").exists()
-    for path in snapshots:
-        path.unlink()  # as if killed right after tuner.pkl was written
+    tune_dir = tmp_path / "snap" / "tune"
+    assert list(tune_dir.glob("run001-a/*/result.json"))
+    (next(tune_dir.glob("run001-a/tuner.pkl"))).write_bytes(b"")  # torn
     assert run_study(str(spec), storage=str(tmp_path)) == 0
-    assert {s["state"] for s in trial_states(tmp_path / "snap")} == {"finished"}
-    assert set(trained_by_trial(tmp_path / "snap").values()) == {2}  # restarted trials trained nothing again
-    (phase / "tuner.pkl").write_bytes(b"")  # killed while Tune wrote tuner.pkl
+    shutil.rmtree(tune_dir)
     assert run_study(str(spec), storage=str(tmp_path)) == 0
     assert {s["state"] for s in trial_states(tmp_path / "snap")} == {"finished"}
     assert set(trained_by_trial(tmp_path / "snap").values()) == {2}
@@ -133,9 +139,8 @@ def test_uri_storage_runs_resumes_and_reports_through_pyarrow(tmp_path, ray_sess
     assert run_study(str(spec), storage=uri) == 0
     study = tmp_path / "bucket" / "uri"
     assert {s["state"] for s in trial_states(study)} == {"finished"} and len(trial_states(study)) == 3
-    rotation = weights_digest({k: v for k, v in final_state(study, "phase1", "rot-imagenet-s0")["model"].items()
-                               if not k.startswith("fc.")})
-    pretrained = read_results(study / "phase2" / "ft-imagenet-pretrained-f4-lpc0-lrbase-s0")
+    rotation = backbone_digest(study, "rot-s0")
+    pretrained = read_rows(trial_dirs(study)["ft-pretrained-f4-s0"])
     assert pretrained[0]["pretrained_digest"] == rotation
     assert run_study(str(spec), storage=uri) == 0  # resumed through Tune.restore at the URI
     assert set(trained_by_trial(study).values()) == {2}
@@ -147,7 +152,7 @@ def test_uri_storage_runs_resumes_and_reports_through_pyarrow(tmp_path, ray_sess
     assert "3 finished" in subprocess.run([sys.executable, "-m", "ablation.cli", "status", f"{uri}/uri"],
                                           capture_output=True, text=True, env=env).stdout
     assert (study / "report" / "report.md").stat().st_size > 0  # uploaded back to the URI
-    assert not list((tmp_path / "cache").rglob("checkpoint_*"))  # the local copy skips the weights
+    assert not list((tmp_path / "cache").rglob("state.pt"))  # the local copy skips the weights
 
 
 # ------------------------------------------------------------------------------------------ driver kills
@@ -170,7 +175,7 @@ def finished_trials(study: Path) -> dict[str, int]:
     if not (study / "manifest.json").exists():
         return {}
     trained = trained_by_trial(study)
-    return {s["id"]: trained[s["id"]] for s in trial_states(study) if s["state"] == "finished"}
+    return {s["name"]: trained[s["name"]] for s in trial_states(study) if s["state"] == "finished"}
 
 
 def test_sigkilled_driver_resumes_and_finished_trials_do_not_train_again(tmp_path):

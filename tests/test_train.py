@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
 from ablation import rundir
-from ablation.checkpoint import checkpoint_dirs, load_checkpoint, load_latest, resolve_pretrained, save_checkpoint
+from ablation.checkpoint import checkpoint_dirs, load_checkpoint, resolve_pretrained
 from ablation.models import FREEZE_GROUPS, weights_digest
 from ablation.rundir import METRIC_COLUMNS
 from ablation.train import InjectedFault, build, train
@@ -99,20 +98,6 @@ def test_run_dir_resumes_after_a_crash_and_refuses_another_config(tmp_path):
 
     with pytest.raises(ConfigError, match="another config"):
         rundir.run(cfg.replace(lr=0.1), tmp_path, log=lambda _: None)
-
-
-def test_a_retrained_epoch_in_a_lower_numbered_dir_comes_first(tmp_path):
-    """Tune after a restore: epoch 3 retrained into checkpoint_000001 while a torn epoch 3 sits in _000002."""
-    state = {"epoch": 3, "epochs": 3, "config": {"stage": "rotation"}, "model": {"w": torch.ones(2)}}
-    stale, fresh = tmp_path / "checkpoint_000002", tmp_path / "checkpoint_000001"
-    for directory, when in ((stale, 1_000_000), (fresh, 2_000_000)):
-        save_checkpoint(directory, state)
-        os.utime(directory / "meta.json", (when, when))
-    (stale / "state.pt").write_bytes(b"torn")
-    assert checkpoint_dirs(tmp_path) == [fresh, stale]
-    warnings = []
-    assert torch.equal(load_latest(checkpoint_dirs(tmp_path), warn=warnings.append)["model"]["w"], torch.ones(2))
-    assert warnings == []
 
 
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):
