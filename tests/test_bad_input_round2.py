@@ -50,6 +50,18 @@ def jpegs() -> dict[str, list[bytes]]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def no_training(monkeypatch):
+    """Nothing here may reach a training step: input that is refused must be refused before one (and were a
+    refusal lost, the test fails at once instead of training a whole run)."""
+    import ablation.train
+
+    def refuse(*_):
+        raise AssertionError("a training step ran: the bad input was not refused")
+
+    monkeypatch.setattr(ablation.train, "train_step", refuse)
+
+
 def make_tree(root: Path, jpegs, n_train=8, n_test=4) -> Path:
     for split, picks in (("train", range(n_train)), ("test", range(n_train, n_train + n_test))):
         for c in CLASSES:

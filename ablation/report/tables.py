@@ -141,9 +141,10 @@ def build_tables(trials: pd.DataFrame) -> list[Table]:
         tables.append(Table("finetune_cells", "Fine-tuning test accuracy, every cell of the study",
                             summarize(finetune, keys, [BEST, FINAL]), keys=keys))
     if {"pretrained", "random"} <= set(finetune["init"]):
-        effect = pretraining_effect(finetune, _keys(SETUP, ft_keys))
+        keys = _keys(SETUP, ["freeze"], ft_keys)  # freeze depth always: the report's question is asked per depth
+        effect = pretraining_effect(finetune, keys)
         if len(effect):
             tables.append(Table("pretraining_effect", "Effect of rotation pretraining: pretrained - random, paired by "
                                 "seed (points of test accuracy)", effect, [EFFECT_NOTE],
-                                keys=[k for k in _keys(SETUP, ft_keys) if k != "init"]))
+                                keys=[k for k in keys if k != "init"]))
     return tables
