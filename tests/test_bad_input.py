@@ -37,7 +37,7 @@ CASES = {
     "gpu above 1": ({"resources": {"cpu": 1, "gpu": 1.5}}, "resources.gpu=1.5 must be a fraction of one GPU"),
     "gpu below 0": ({"resources": {"cpu": 1, "gpu": -0.25}}, "resources.gpu=-0.25 must be a fraction"),
     "name with separator": ({"name": "a/b"}, "name must be a plain directory name (no path separator)"),
-    "labels per class above dataset": ({"labels_per_class": [100, 7000]},
+    "labels per class above dataset": ({"labels_per_class": [100, 7000], "train_subset": 0},
                                        "labels_per_class=7000 exceeds the 6000 images per class"),
     "dataset missing offline": ({"dataset": "imagefolder", "data_dir": "/nonexistent/cifar"},
                                 "data_dir= must hold train/<class>/* and test/<class>/*"),
