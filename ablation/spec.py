@@ -126,8 +126,9 @@ def _axis(scope: str, key: str, value: Any, where: str, name: str | None = None)
 
 
 def _axes(raw: dict[str, Any], where: str) -> list[Axis]:
-    axes = [_axis(scope, key, raw.get(name, DEFAULT_AXES.get(name)), where, name)
-            for name, (scope, key) in SHORTHAND.items() if name in raw or name in DEFAULT_AXES]
+    shorthand = [name for name in SHORTHAND if name in raw or name in DEFAULT_AXES]
+    axes = [_axis(*SHORTHAND[name], raw.get(name, DEFAULT_AXES.get(name)), where, name) for name in shorthand]
+    origin = [f"'{name}:'" + ("" if name in raw else " by default") for name in shorthand]
     given = raw.get("axes") or {}
     if not isinstance(given, dict):
         raise ConfigError(f"{where}: axes must be a mapping of trial key: [values], e.g. "
@@ -137,12 +138,13 @@ def _axes(raw: dict[str, Any], where: str) -> list[Axis]:
         if scope not in (BOTH, PRETRAIN, FINETUNE):
             raise ConfigError(f"{where}: axes: '{label}' must be a trial key, pretrain.<key> or finetune.<key>")
         axes.append(_axis(scope, key, values, where))
+        origin.append(f"axes: {label}")
     seen: dict[tuple, str] = {}
-    for a in axes:
+    for a, named in zip(axes, origin):
         for scope in ((PRETRAIN, FINETUNE) if a.scope == BOTH else (a.scope,)):
             if (scope, a.key) in seen:
-                raise ConfigError(f"{where}: {a.label} is an axis twice (also as {seen[scope, a.key]}); keep one")
-            seen[scope, a.key] = a.label
+                raise ConfigError(f"{where}: {a.key} is an axis twice ({seen[scope, a.key]} and {named}); keep one")
+            seen[scope, a.key] = named
     return axes
 
 

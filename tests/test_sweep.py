@@ -67,8 +67,10 @@ def test_tiny_grid_completes_with_every_trial_finished(tiny_study):
         assert [r["epoch"] for r in rows] == [1, 2], trial
     assert set(trained_by_trial(tiny_study).values()) == {2}  # nothing trained twice
     manifest = json.loads((tiny_study / "manifest.json").read_text())
-    assert manifest["runs"][-1]["outcome"] == "finished" and manifest["data"]["fashion-mnist"]
-    assert manifest["provenance"]["code_version"] and manifest["spec_digest"]
+    (invocation,) = manifest["invocations"]
+    assert invocation["outcome"] == "finished" and manifest["data"]["fashion-mnist"]
+    assert invocation["code_version"] and invocation["spec_digest"] and manifest["provenance"]["code_version"]
+    assert sorted(invocation["added"]) == sorted(invocation["planned"]) == sorted(manifest["trials"])
 
 
 def test_pretrained_trials_loaded_their_own_seeds_backbone(tiny_study):
