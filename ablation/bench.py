@@ -30,10 +30,10 @@ from PIL import Image
 from torchvision import transforms as T
 
 from . import data as D
-from .checkpoint import write_atomic
+from .atomic import write_atomic
 from .config import ConfigError, TrialConfig, UserError, unwritable
 from .models import set_train_mode
-from .train import Setup, build, cores, device_name, make_inputs, train_batches, train_step
+from .train import Setup, build, cores, device_name, make_inputs, resolve_device, train_batches, train_step
 
 CASES: dict[str, dict] = {
     "rotation-random1": dict(stage="rotation", rotation_mode="random1"),
@@ -137,7 +137,7 @@ def naive_step(s: Setup) -> Callable[[], int]:
     rotation = cfg.rotation_mode if cfg.stage == "rotation" else None
     ds = NaiveDataset(s.data.train.x, s.data.train.y, s.data.mean, s.data.std, cfg.augments, rotation)
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=cfg.batch_size // 4 if rotation == "all4" else cfg.batch_size, shuffle=True,
+        ds, batch_size=cfg.images_per_step, shuffle=True,
         drop_last=True, num_workers=cores(), pin_memory=s.device.type == "cuda")
     batches = forever(lambda: loader)
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
@@ -161,17 +161,12 @@ def case_config(name: str, args, device: str) -> TrialConfig:
                                   "batch_size": args.batch_size, "device": device, "seed": 0}, where="bench")
 
 
-def images_per_step(cfg: TrialConfig) -> int:
-    """Training images one step of the case draws (all4: a quarter of the batch, each in four turns)."""
-    return cfg.batch_size // 4 if cfg.stage == "rotation" and cfg.rotation_mode == "all4" else cfg.batch_size
-
-
 def check_fits(cfgs: list[TrialConfig], data: D.Data, args) -> None:
     """The naive loader drops a short last batch (as a user's would), so a batch larger than the training set
     gives it no batch at all: refuse that in one line before measuring anything."""
     have = len(data.train.y)
     for cfg in cfgs:
-        need = images_per_step(cfg)
+        need = cfg.images_per_step
         if need > have:
             most = have * 4 if need != cfg.batch_size else have
             fix = f"use --batch-size {most} or less, or more images" if most >= 4 else "give it more images"
@@ -257,9 +252,7 @@ def run_concurrent(k: int, args, device: str, data: D.Data) -> tuple[float, int]
 
 def resolve(args) -> str:
     """Device and defaults; a cuda request without a GPU is a one-line ConfigError (exit 2)."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no GPU is visible to torch; use --device auto or --device cpu")
-    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    device = resolve_device(args.device, "--device ").type
     for key, value in DEFAULTS[device].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)

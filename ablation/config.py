@@ -25,11 +25,12 @@ class ConfigError(UserError, ValueError):
     """A bad key or value in a config, spec or override."""
 
 
-def _opt(default, doc, *, choices=None, lo=None, hi=None, lo_open=False, stage=None):
+def _opt(default, doc, *, choices=None, lo=None, hi=None, lo_open=False, stage=None, internal=False):
     """A config key: its default, its one-line doc, its valid choices or range, and, for a key that only one
-    stage reads, that stage (TrialConfig.check refuses it at a non-default value in the other stage)."""
+    stage reads, that stage (TrialConfig.check refuses it at a non-default value in the other stage).
+    `internal` keys (test switches) work but stay out of the user-facing table."""
     return field(default=default, metadata={"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open,
-                                            "stage": stage})
+                                            "stage": stage, "internal": internal})
 
 
 STAGES = ("rotation", "finetune")
@@ -89,7 +90,7 @@ class TrialConfig:
     channels_last: str = _opt("auto", "auto = on for cuda", choices=("auto", "on", "off"))
     compile: bool = _opt(False, "torch.compile the model (cuda; costs a warm-up)")
     crash_at_epoch: int = _opt(0, "test-only fault switch: raise mid-way through this epoch unless the run "
-                               "was resumed from a checkpoint; 0 = off", lo=0)
+                               "was resumed from a checkpoint; 0 = off", lo=0, internal=True)
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field]:
@@ -117,6 +118,11 @@ class TrialConfig:
     def augments(self) -> bool:
         """Whether training batches get crop + flip: `auto` (the default before 2026-11-30) is finetune only."""
         return self.augment == "on" or (self.augment == "auto" and self.stage == "finetune")
+
+    @property
+    def images_per_step(self) -> int:
+        """Training images one step draws: all4 feeds a quarter of the batch, each image in four turns."""
+        return self.batch_size // 4 if self.stage == "rotation" and self.rotation_mode == "all4" else self.batch_size
 
     @classmethod
     def stage_only_keys(cls) -> dict[str, str]:
@@ -263,5 +269,6 @@ def defaults_table() -> str:
     """Markdown table of every key, its default and its meaning (for the README and `--help`)."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for f in dataclasses.fields(TrialConfig):
-        rows.append(f"| `{f.name}` | `{f.default}` | {f.metadata['doc']} |")
+        if not f.metadata["internal"]:
+            rows.append(f"| `{f.name}` | `{f.default}` | {f.metadata['doc']} |")
     return "\n".join(rows)

@@ -201,9 +201,9 @@ def _load_imagefolder(cfg: TrialConfig):
         raise DataError(f"imagefolder: {root}: train images are {tx.shape[-2]}x{tx.shape[-1]} but test images "
                         f"{vx.shape[-2]}x{vx.shape[-1]}; resize them to one size")
     cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"train_x": tx, "train_y": ty, "test_x": vx, "test_y": vy, "classes": classes}, tmp)
-    os.replace(tmp, cache)
+    blob = io.BytesIO()
+    torch.save({"train_x": tx, "train_y": ty, "test_x": vx, "test_y": vy, "classes": classes}, blob)
+    write_atomic(cache, blob.getvalue())
     if old and old.get("stamp") != stamp:  # the old copy's cache is stale for good: free its disk
         (cache_root / f"imagefolder-{old['stamp']}.pt").unlink(missing_ok=True)
     write_atomic(index, json.dumps({"root": str(root), "stamp": stamp, "files": files}))

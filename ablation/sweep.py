@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from . import store, study
-from .config import ConfigError, read_yaml
+from .config import ConfigError, UserError, read_yaml, unwritable
 from .spec import Spec, Trial, parse_spec, plan, trial_dir
 from .store import Location
 
@@ -57,6 +57,8 @@ def load_spec(path: str, overrides: dict[str, str] | None = None) -> Spec:
 def run_study(spec_path: str, storage: str = "results/studies", address: str | None = None, fresh: bool = False,
               overrides: dict[str, str] | None = None) -> int:
     spec = load_spec(spec_path, overrides)
+    if not store.is_uri(storage) and (problem := unwritable(Path(storage).expanduser() / spec.name)):
+        raise UserError(f"--storage {storage}: {problem}; give a directory you can write")
     study_dir = store.child(storage if store.is_uri(storage) else Path(storage).expanduser().resolve(), spec.name)
     trials = plan(spec, study_dir)
     old = study.check_claim(study_dir, fresh)

@@ -34,12 +34,13 @@ class InjectedFault(RuntimeError):
     """Raised by the test-only `crash_at_epoch` switch."""
 
 
-def resolve_device(cfg: TrialConfig) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no GPU is visible to torch; use device=auto or device=cpu")
-    if cfg.device == "auto":
+def resolve_device(choice: str, option: str = "device=") -> torch.device:
+    """auto/cpu/cuda -> the device; cuda without a visible GPU is a one-line error in the caller's spelling."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{option}cuda but no GPU is visible to torch; use {option}auto or {option}cpu")
+    if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    return torch.device(choice)
 
 
 def cores() -> int:
@@ -90,7 +91,7 @@ class Setup:
 
 def build(cfg: TrialConfig, data: D.Data | None = None) -> Setup:
     """Seeded model, optimizer, schedule and device-resident data for one run."""
-    device = resolve_device(cfg)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = data or D.load_data(cfg)
     outputs = 4 if cfg.stage == "rotation" else len(data.classes)
@@ -113,10 +114,12 @@ def build(cfg: TrialConfig, data: D.Data | None = None) -> Setup:
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     forward = torch.compile(model) if cfg.compile else model
     as_stat = lambda v: torch.tensor(v, device=device).view(1, -1, 1, 1)  # noqa: E731
-    return Setup(cfg, device, model, forward, optimizer, scheduler,
-                 torch.Generator(device=device).manual_seed(cfg.seed),
-                 data.train.x.to(device), data.train.y.to(device), data.test.x.to(device), data.test.y.to(device),
-                 as_stat(data.mean), as_stat(data.std), data, bf16, channels_last, pretrained_digest)
+    return Setup(cfg=cfg, device=device, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
+                 gen=torch.Generator(device=device).manual_seed(cfg.seed),
+                 train_x=data.train.x.to(device), train_y=data.train.y.to(device),
+                 test_x=data.test.x.to(device), test_y=data.test.y.to(device),
+                 mean=as_stat(data.mean), std=as_stat(data.std), data=data, bf16=bf16, channels_last=channels_last,
+                 pretrained_digest=pretrained_digest)
 
 
 def _autocast(s: Setup):
@@ -149,10 +152,8 @@ def train_step(s: Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
 def train_batches(s: Setup) -> list[torch.Tensor]:
     """This epoch's batches of image indices. all4 feeds batch_size/4 images x 4 turns per step. A trailing
     batch of one image is dropped (BatchNorm cannot train on it)."""
-    per_step = s.cfg.batch_size // 4 if (s.cfg.stage == "rotation" and s.cfg.rotation_mode == "all4") \
-        else s.cfg.batch_size
     order = torch.randperm(len(s.train_y), generator=s.gen, device=s.device)
-    return [b for b in order.split(per_step) if len(b) > 1]
+    return [b for b in order.split(s.cfg.images_per_step) if len(b) > 1]
 
 
 @torch.no_grad()

@@ -199,6 +199,17 @@ def test_train_out_below_a_regular_file_is_refused_before_loading_data(tmp_path,
     assert_one_line(rc, err, f"--out {out}: {tmp_path / 'file'} is a file, not a directory; choose another --out")
 
 
+def test_sweep_storage_that_is_a_file_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started before --storage was checked"))
+    (tmp_path / "file").write_text("x")
+    spec = Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml"
+    rc, _, err = run_cli(capsys, "sweep", str(spec), "--storage", str(tmp_path / "file"))
+    assert_one_line(rc, err, f"--storage {tmp_path / 'file'}: {tmp_path / 'file'} is a file, not a directory")
+    assert (tmp_path / "file").read_text() == "x"
+
+
 def test_train_out_that_is_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     rc, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "file"))

@@ -15,9 +15,10 @@ from ablation.train import InjectedFault, build, train
 from conftest import tiny
 
 
-def _states(cfg, resume=None):
+def _states(cfg, data, resume=None):
+    """Train on tiny()'s Fashion-MNIST subset, loaded once per session (the `fashion` fixture)."""
     states = []
-    history = train(cfg, lambda row, state: states.append(state), resume=resume)
+    history = train(cfg, lambda row, state: states.append(state), resume=resume, data=data)
     return history, states
 
 
@@ -39,11 +40,11 @@ def test_short_rotation_run_lowers_the_loss_and_writes_metrics(rotation_run):
 
 
 @pytest.mark.parametrize("freeze", [4, 5])
-def test_frozen_weights_and_batchnorm_buffers_do_not_move(rotation_run, freeze):
+def test_frozen_weights_and_batchnorm_buffers_do_not_move(rotation_run, freeze, fashion):
     _, out, _ = rotation_run
     cfg = tiny(stage="finetune", init="pretrained", pretrained_from=str(out), freeze=freeze, epochs=1)
-    before = build(cfg).model.state_dict()
-    _, states = _states(cfg)
+    before = build(cfg, fashion).model.state_dict()
+    _, states = _states(cfg, fashion)
     after = states[-1]["model"]
     frozen = tuple(f"{m}." for g in FREEZE_GROUPS[:freeze] for m in g)
     moved = {k for k in before if not torch.equal(before[k], after[k])}
@@ -66,20 +67,20 @@ def test_run_json_names_the_backbone_it_started_from(rotation_run, tmp_path):
     assert json.loads((tmp_path / "random" / "run.json").read_text())["pretrained_digest"] == ""
 
 
-def test_two_runs_with_one_seed_are_identical_and_another_seed_differs():
+def test_two_runs_with_one_seed_are_identical_and_another_seed_differs(fashion):
     cfg = tiny(stage="finetune", epochs=1)
-    h1, s1 = _states(cfg)
-    h2, s2 = _states(cfg)
+    h1, s1 = _states(cfg, fashion)
+    h2, s2 = _states(cfg, fashion)
     assert [r["train_loss"] for r in h1] == [r["train_loss"] for r in h2]
     assert all(torch.equal(s1[-1]["model"][k], s2[-1]["model"][k]) for k in s1[-1]["model"])
-    h3, _ = _states(cfg.replace(seed=1))
+    h3, _ = _states(cfg.replace(seed=1), fashion)
     assert h3[0]["train_loss"] != h1[0]["train_loss"]
 
 
-def test_resume_from_an_epoch_ends_bit_identical_to_an_uninterrupted_run():
+def test_resume_from_an_epoch_ends_bit_identical_to_an_uninterrupted_run(fashion):
     cfg = tiny(stage="finetune", epochs=3, schedule="cosine")
-    full_history, full = _states(cfg)
-    resumed_history, resumed = _states(cfg, resume=full[0])
+    full_history, full = _states(cfg, fashion)
+    resumed_history, resumed = _states(cfg, fashion, resume=full[0])
     assert [r["test_loss"] for r in resumed_history] == [r["test_loss"] for r in full_history]
     for key, value in full[-1]["model"].items():
         assert torch.equal(value, resumed[-1]["model"][key]), key
