@@ -35,7 +35,7 @@ def cmd_sweep(args) -> int:
     from .sweep import run_study
 
     return run_study(args.spec, storage=args.storage, address=args.address, fresh=args.fresh,
-                     overrides=parse_overrides(args.overrides))
+                     overrides=parse_overrides(args.overrides), verbose=args.verbose, callbacks=args.callback)
 
 
 def local_study(location: str) -> Path:
@@ -113,6 +113,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT (default: local Ray)")
     s.add_argument("--fresh", action="store_true",
                    help="the spec changed: move the old study aside (kept, renamed) and start over")
+    s.add_argument("-v", "--verbose", action="store_true",
+                   help="also print Tune's trial tables, Ray's logs and every worker's epoch lines")
+    s.add_argument("--callback", action="append", default=[], metavar="mlflow|wandb|aim",
+                   help="also log to this experiment tracker (Tune's logger callback; repeatable)")
     s.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="spec keys, e.g. seeds=[0,1]")
     s.set_defaults(fn=cmd_sweep)
 

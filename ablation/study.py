@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,22 @@ def current_keys(manifest: dict[str, Any]) -> list[str]:
 
 def is_finished(rows: list[dict[str, Any]], config: dict[str, Any]) -> bool:
     return bool(rows) and rows[-1]["epoch"] >= config["epochs"]
+
+
+def sweep_cost(invocations: list[dict[str, Any]], epoch_seconds: float, trials: int) -> dict[str, float] | None:
+    """Where the slots' time went: wall time, the ideal (summed epoch time / slots), their ratio, the share
+    of slot time in epochs (training + evaluation) and the fixed cost per trial (the rest / trials). None
+    when an invocation recorded no end (killed or running): its wall time is unknown."""
+    if not invocations or not epoch_seconds or any(not r.get("ended") for r in invocations):
+        return None
+    walls = [(datetime.fromisoformat(r["ended"]) - datetime.fromisoformat(r["started"])).total_seconds()
+             for r in invocations]
+    slot_time = sum(w * r.get("slots", 1) for w, r in zip(walls, invocations))
+    ideal = epoch_seconds * sum(walls) / slot_time  # the epochs spread over the (time-weighted mean) slots
+    return {"wall_s": sum(walls), "slot_s": slot_time, "epochs_s": epoch_seconds, "ideal_s": ideal,
+            "wall_over_ideal": sum(walls) / ideal, "share": epoch_seconds / slot_time,
+            "fixed_per_trial_s": (slot_time - epoch_seconds) / max(trials, 1),
+            "slots": max(r.get("slots", 1) for r in invocations)}
 
 
 def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ invocation began waits for a second Tune run, which starts once its rotation tri
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from . import store, study
 from .config import ConfigError, UserError, read_yaml, unwritable
 from .spec import Spec, Trial, parse_spec, plan, trial_dir
 from .store import Location
+
+LOGS_DIR = "logs"  # <study>/logs/runNNN.log: every event and epoch line of an invocation
 
 
 def warn(msg: str) -> None:
@@ -55,10 +58,12 @@ def load_spec(path: str, overrides: dict[str, str] | None = None) -> Spec:
 
 
 def run_study(spec_path: str, storage: str = "results/studies", address: str | None = None, fresh: bool = False,
-              overrides: dict[str, str] | None = None) -> int:
+              overrides: dict[str, str] | None = None, verbose: bool = False, callbacks: list[str] = ()) -> int:
     spec = load_spec(spec_path, overrides)
     if not store.is_uri(storage) and (problem := unwritable(Path(storage).expanduser() / spec.name)):
         raise UserError(f"--storage {storage}: {problem}; give a directory you can write")
+    trackers = tracker_callbacks(callbacks, spec.name)  # a missing package fails before any work
+    check_address(address)
     study_dir = store.child(storage if store.is_uri(storage) else Path(storage).expanduser().resolve(), spec.name)
     trials = plan(spec, study_dir)
     old = study.check_claim(study_dir, fresh)
@@ -68,30 +73,29 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     study.check_data(study_dir, old, data)
     if fresh and store.exists(study_dir):
         warn(f"--fresh: moved the old study to {study.move_aside(Path(study_dir))} (nothing deleted); starting over")
-    gpu, slots = _start_ray(address, spec)
+    gpu, slots = _start_ray(address, spec, verbose)
     manifest = study.begin(study_dir, spec, spec_path, trials, data, old, slots)
-    done = {r["key"] for r in study.trial_records(study_dir, manifest) if r["state"] == study.FINISHED}
+    records = {r["key"]: r for r in study.trial_records(study_dir, manifest)}
+    done = {k for k, r in records.items() if r["state"] == study.FINISHED}
     todo = [t for t in trials if t.key not in done]
     run = manifest["invocations"][-1]
+    name = f"run{len(manifest['invocations']):03d}"
+    log = store.child(study_dir, LOGS_DIR, f"{name}.log")
     print(f"study {spec.name}: {len(trials)} trials in the spec: {len(done & {t.key for t in trials})} finished "
-          f"(reused), {len(todo)} to train ({len(run['added'])} new) -> {study_dir}", flush=True)
+          f"(reused), {len(todo)} to train ({len(run['added'])} new) on {slots:g} slots -> {study_dir}", flush=True)
+    if todo:
+        print(f"log: {log} (-v prints Tune's tables and every epoch here)", flush=True)
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
     try:
-        now = [t for t in todo if t.depends_on is None or t.depends_on in done]
-        later = [t for t in todo if t not in now]
-        number = len(manifest["invocations"])
-        failed.update(run_tune(study_dir, f"run{number:03d}-a", now, spec, gpu))
-        ready = [t for t in later if t.depends_on not in failed]
-        skipped = {t.key: f"its rotation trial {manifest['trials'][t.depends_on]['name']} failed"
-                   for t in later if t.depends_on in failed}
-        failed.update(run_tune(study_dir, f"run{number:03d}-b", ready, spec, gpu))
+        epochs = sum(t.config.epochs - len(records[t.key]["rows"]) for t in todo)  # still to train
+        failed, skipped = run_tune(study_dir, name, todo, done, spec, gpu, verbose, trackers, log, epochs)
     finally:
         study.end(study_dir, manifest, failed, skipped)
     if failed or skipped:
         names = [manifest["trials"][k]["name"] for k in failed]
         print(f"ablation: {len(failed)} trial(s) failed after retries: {', '.join(names)}"
-              + (f"; {len(skipped)} skipped (their rotation trial failed)" if skipped else "")
+              + (f"; {len(skipped)} skipped ({next(iter(skipped.values()))})" if skipped else "")
               + f"; see `ablation status {study_dir}` and Tune's error.txt under {store.child(study_dir, 'tune')}, "
               f"then rerun the same command to retry them", file=sys.stderr)
         return 1
@@ -99,13 +103,41 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     return 0
 
 
-def _start_ray(address: str | None, spec: Spec) -> tuple[float, float]:
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """A HOST:PORT that nothing answers on is one line now: Ray itself retries for minutes."""
+    if not address or address == "auto":
+        return
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--address {address}: not HOST:PORT (e.g. 10.0.0.5:6379) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(f"--address {address}: no Ray head answers there ({exc.strerror or exc}); start one with "
+                        f"`ray start --head` or check the host and port") from None
+
+
+def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[float, float]:
     """Join or start Ray; a GPU request with no GPU in the cluster is dropped (Ray would wait forever).
-    Returns the GPU fraction per trial and how many trials the cluster runs at once."""
+    Returns the GPU fraction per trial and how many trials the cluster runs at once. Unless verbose, the
+    workers' own lines and Ray's and Tune's info logs stay out of the console (progress.py prints instead)."""
+    import logging
+
     import ray
 
+    if not verbose:
+        for name in ("ray", "ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's new console output prints its banner even at verbose=0
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+                     logging_level=logging.INFO if verbose else logging.WARNING)
+        except ConnectionError as exc:  # address=auto with no cluster running
+            raise UserError(f"--address {address}: {str(exc).splitlines()[0]}; start one with `ray start --head` "
+                            f"or leave --address out for a local Ray") from None
     have = ray.cluster_resources()
     gpu = spec.gpu
     if gpu and not have.get("GPU", 0):
@@ -119,27 +151,58 @@ def _start_ray(address: str | None, spec: Spec) -> tuple[float, float]:
     return gpu, max(1.0, slots)
 
 
-def run_tune(study_dir: Location, name: str, trials: list[Trial], spec: Spec, gpu: float) -> dict[str, str]:
-    """One Tune run over these trials; returns {trial key: where Tune put its error} of those that failed."""
+def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str], spec: Spec, gpu: float,
+             verbose: bool, trackers: list, log: Location, epochs: int) -> tuple[dict[str, str], dict[str, str]]:
+    """One Tune run over these trials, each started as soon as its dependency has finished (schedule.py).
+    Returns ({key: Tune's error file} of trials that failed, {key: why} of trials skipped because of them)."""
     if not trials:
-        return {}
+        return {}, {}
     from ray import tune
 
+    from .progress import Progress
+    from .schedule import DependencySearcher
     from .trainable import run_trial
 
-    trainable = tune.with_resources(run_trial, {"cpu": spec.cpu, "gpu": gpu})
-    configs = [{"key": t.key, "name": t.name, "config": t.config.to_dict(), "dir": str(trial_dir(study_dir, t)),
-                "gpu": gpu} for t in trials]
+    if not store.is_uri(study_dir):
+        Path(study_dir, LOGS_DIR).mkdir(parents=True, exist_ok=True)
+    searcher = DependencySearcher(trials, done, lambda t: {
+        "key": t.key, "name": t.name, "config": t.config.to_dict(), "dir": str(trial_dir(study_dir, t)), "gpu": gpu})
     tuner = tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+        tune.with_resources(run_trial, {"cpu": spec.cpu, "gpu": gpu}),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(trials), reuse_actors=True,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
                                     max_concurrent_trials=spec.max_concurrent or None),
-        run_config=tune.RunConfig(name=name, storage_path=str(store.child(study_dir, study.TUNE_DIR)), verbose=1,
+        run_config=tune.RunConfig(name=name, storage_path=str(store.child(study_dir, study.TUNE_DIR)),
+                                  verbose=1 if verbose else 0, callbacks=[Progress(len(trials), epochs, log), *trackers],
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
     )
     results = tuner.fit()
-    return {r.config["trial"]["key"]: f"{r.path}/error.txt" for r in results if r.error}
+    failed = {r.config["trial"]["key"]: f"{r.path}/error.txt" for r in results if r.error}
+    return failed, searcher.skipped
+
+
+TRACKERS = {  # --callback name -> (module that must be installed, Tune's logger callback)
+    "mlflow": ("mlflow", "ray.air.integrations.mlflow", "MLflowLoggerCallback", "experiment_name"),
+    "wandb": ("wandb", "ray.air.integrations.wandb", "WandbLoggerCallback", "project"),
+    "aim": ("aim", "ray.tune.logger.aim", "AimLoggerCallback", "experiment_name"),
+}
+
+
+def tracker_callbacks(names: list[str], study_name: str) -> list:
+    """Tune's own experiment-tracker callbacks, named on the command line; the study name is the experiment
+    or project. TensorBoard event files are always written (Tune's default loggers, under tune/)."""
+    import importlib
+    import importlib.util
+
+    out = []
+    for name in names:
+        if name not in TRACKERS:
+            raise UserError(f"--callback {name}: unknown tracker; choose from {', '.join(TRACKERS)}")
+        package, module, cls, naming = TRACKERS[name]
+        if importlib.util.find_spec(package) is None:
+            raise UserError(f"--callback {name} needs the {package} package: pip install {package}")
+        out.append(getattr(importlib.import_module(module), cls)(**{naming: study_name}))
+    return out
 
 
 def _trial_name(trial) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,18 @@ def test_overrides_may_follow_options(argv, overrides):
 def test_a_stray_word_after_options_is_still_an_error(tmp_path):
     result = ablation("sweep", "s.yaml", "--storage", str(tmp_path), "seeds", cwd=tmp_path)
     assert result.returncode == 2 and "unrecognized arguments: seeds" in result.stderr
+
+
+@pytest.mark.parametrize("tracker, expected", [
+    ("mlflow", "--callback mlflow needs the mlflow package: pip install mlflow"),
+    ("tensorboardx", "--callback tensorboardx: unknown tracker; choose from mlflow, wandb, aim"),
+])
+def test_a_tracker_that_cannot_be_used_is_one_line_before_anything_runs(tmp_path, tracker, expected):
+    import importlib.util
+
+    if importlib.util.find_spec(tracker):
+        pytest.skip(f"{tracker} is installed here")
+    spec = Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml"
+    result = ablation("sweep", str(spec), "--storage", str(tmp_path / "st"), "--callback", tracker, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == f"ablation: error: {expected}\n", result.stderr
+    assert list(tmp_path.iterdir()) == []

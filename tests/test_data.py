@@ -108,3 +108,31 @@ def test_imagefolder_reads_folders_and_zips_and_caches(tmp_path, fashion, as_zip
 def test_missing_imagefolder_says_what_to_do(tmp_path):
     with pytest.raises(D.DataError, match="data_dir= must hold train"):
         D.load_data(tiny(dataset="imagefolder", data_dir=str(tmp_path)))
+
+
+def test_a_source_is_read_once_per_process_until_its_files_change(tmp_path, monkeypatch):
+    """Workers run trial after trial: the splits are read, hashed and measured once, and read again only when
+    a file of the source changed (names, sizes, mtimes), so a changed copy is never served from memory."""
+    import os
+    import shutil
+
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(D.FASHION_MNIST_SYSTEM_DIR / name, tmp_path / name)
+    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", tmp_path)
+    reads = []
+    real = D._read_idx
+    monkeypatch.setattr(D, "_read_idx", lambda path: reads.append(path.name) or real(path))
+    a = D.load_data(tiny(train_subset=100))
+    b = D.load_data(tiny(train_subset=300, seed=4))
+    assert len(reads) == 4 and a.fingerprint == b.fingerprint and len(b.train.y) == 300
+    os.utime(tmp_path / "t10k-labels-idx1-ubyte.gz", ns=(1, 1))
+    assert D.load_data(tiny()).fingerprint == a.fingerprint and len(reads) == 8
+
+
+def test_channel_stats_match_the_float_computation():
+    x = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = D.channel_stats(x)
+    f = x.double() / 255
+    assert mean == tuple(round(v, 6) for v in f.mean(dim=(0, 2, 3)).tolist())
+    assert std == pytest.approx(f.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=2e-6)

@@ -35,7 +35,8 @@ def outcome(study):
 
 
 def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(tmp_path, ray_session):
-    over = dict(seeds=[0], freeze=[4, 0], pretrain={"epochs": EPOCHS}, finetune={"epochs": EPOCHS})
+    # long enough for 5 kills to land before the end (a kill at 4-20 s, Ray's start-up included)
+    over = dict(seeds=[0, 1], freeze=[4, 0], train_subset=384, pretrain={"epochs": EPOCHS}, finetune={"epochs": EPOCHS})
     assert run_study(str(write_spec(tmp_path / "clean.yaml", name="clean", **over)), storage=str(tmp_path)) == 0
     expected = outcome(tmp_path / "clean")
 

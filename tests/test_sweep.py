@@ -73,6 +73,29 @@ def test_tiny_grid_completes_with_every_trial_finished(tiny_study):
     assert sorted(invocation["added"]) == sorted(invocation["planned"]) == sorted(manifest["trials"])
 
 
+def epoch_times(study: Path) -> dict[str, list[str]]:
+    """Trial -> the ISO times at which its epochs were trained (trained.log)."""
+    return {trial: [json.loads(line)["time"] for line in (d / "trained.log").read_text().splitlines()]
+            for trial, d in trial_dirs(study).items()}
+
+
+def test_a_pretrained_fine_tune_starts_as_soon_as_its_own_rotation_run_is_done(tiny_study):
+    """One Tune run per invocation: pretrained trials do not wait for every random-init trial to finish."""
+    times = epoch_times(tiny_study)
+    first_pretrained = min(t[0] for trial, t in times.items() if "-pretrained-" in trial)
+    last_random = max(t[-1] for trial, t in times.items() if "-random-" in trial)
+    assert first_pretrained < last_random
+    for trial, t in times.items():  # and never before its own rotation run ended
+        if "-pretrained-" in trial:
+            assert t[0] > times[f"rot-s{trial.rsplit('-s', 1)[1]}"][-1], trial
+
+
+def test_the_console_shows_events_and_the_log_file_every_epoch(tiny_study):
+    log = (tiny_study / "logs" / "run001.log").read_text()
+    assert log.count("started ") == log.count("finished ") == 10
+    assert log.count(" epoch ") == 20 and "10/10 trials done" in log
+
+
 def test_pretrained_trials_loaded_their_own_seeds_backbone(tiny_study):
     rotation = {seed: backbone_digest(tiny_study, f"rot-s{seed}") for seed in (0, 1)}
     assert rotation[0] != rotation[1]
@@ -110,8 +133,8 @@ def test_tune_logs_are_not_needed_to_resume(tmp_path, ray_session):
     spec = write_spec(tmp_path / "s.yaml", name="snap", seeds=[0], init=["random"], freeze=[0])
     assert run_study(str(spec), storage=str(tmp_path)) == 0
     tune_dir = tmp_path / "snap" / "tune"
-    assert list(tune_dir.glob("run001-a/*/result.json"))
-    (next(tune_dir.glob("run001-a/tuner.pkl"))).write_bytes(b"")  # torn
+    assert list(tune_dir.glob("run001/*/result.json"))
+    (next(tune_dir.glob("run001/tuner.pkl"))).write_bytes(b"")  # torn
     assert run_study(str(spec), storage=str(tmp_path)) == 0
     shutil.rmtree(tune_dir)
     assert run_study(str(spec), storage=str(tmp_path)) == 0
@@ -202,3 +225,28 @@ def test_sigkilled_driver_resumes_and_finished_trials_do_not_train_again(tmp_pat
     assert {s["state"] for s in trial_states(study)} == {"finished"}
     extra = sum(trained.values()) - 3 * len(trained)
     assert 0 <= extra <= 2, f"{extra} epochs retrained; at most one per trial running at the kill (2 slots)"
+
+
+def test_a_driver_killed_while_fine_tunes_wait_for_their_rotation_run_resumes(tmp_path):
+    """Killed while the pretrained fine-tunes wait on a running rotation trial (nothing else to run): the rerun
+    continues the rotation from its checkpoint, then runs the fine-tunes from its final weights."""
+    spec = write_spec(tmp_path / "w.yaml", name="wait", seeds=[0], init=["pretrained"], freeze=[4, 0],
+                      pretrain={"epochs": 4}, finetune={"epochs": 1})
+    study = tmp_path / "wait"
+    proc = start_driver(spec, tmp_path)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not (
+            (study / "manifest.json").exists() and trained_by_trial(study, True).get("rot-s0", 0) >= 1):
+        time.sleep(0.3)
+    assert proc.poll() is None, "the study ended before it could be killed"
+    kill_driver(proc)
+    at_kill = trained_by_trial(study, True)
+    assert 1 <= at_kill["rot-s0"] < 4 and not any(at_kill[t] for t in at_kill if t != "rot-s0")
+    rerun = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(tmp_path)],
+                           capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert {s["state"] for s in trial_states(study)} == {"finished"}
+    assert trained_by_trial(study)["rot-s0"] <= 5  # at most the epoch running at the kill again
+    for trial, rows in rows_by_trial(study).items():
+        if trial != "rot-s0":
+            assert rows[0]["pretrained_digest"] == backbone_digest(study, "rot-s0"), trial

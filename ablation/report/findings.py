@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from .. import study
 from . import reference
 from .render import MISSING, fmt, variants
 from .tables import GAP_BEST, GAP_FINAL, ROTATION_METRICS, Table
@@ -57,23 +58,23 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
 
 
 def sweep_cost(runs: list[dict[str, Any]], trials: pd.DataFrame) -> list[str]:
-    """How much of the slots' wall time went into training epochs: the rest is Ray, start-up, dependency waits.
-    A driver killed with SIGKILL records no end time, so a study with such a run gets no figure: counting
-    its epochs against the other runs' wall time alone would overstate the share (above 100%)."""
-    train = trials["wall_time_s"].fillna(0).sum()
-    if not runs or not train:
+    """How much of the slots' wall time went into epochs: the rest is Ray, start-up, dependency waits. A
+    driver killed with SIGKILL records no end time, so a study with such a run gets no figure: counting its
+    epochs against the other runs' wall time alone would overstate the share (above 100%)."""
+    epochs = float(trials["wall_time_s"].fillna(0).sum())
+    if not runs or not epochs:
         return []
-    killed = sum(1 for r in runs if not r.get("ended"))
-    if killed:
+    cost = study.sweep_cost(runs, epochs, len(trials))
+    if cost is None:
+        killed = sum(1 for r in runs if not r.get("ended"))
         return [f"- Sweep cost: not computed: {killed} of {len(runs)} invocation(s) ended without recording an "
                 f"end time (killed, or still running)"]
-    walls = [(pd.Timestamp(r["ended"]) - pd.Timestamp(r["started"])).total_seconds() for r in runs]
-    slot_time = sum(w * r.get("slots", 1) for w, r in zip(walls, runs))
     slots = sorted({r.get("slots", 1) for r in runs})
-    return [f"- Sweep cost: {sum(walls) / 60:.1f} min of wall time over {len(runs)} invocation(s) x "
-            f"{'/'.join(f'{s:g}' for s in slots)} parallel slots; training epochs took {train / 60:.1f} min of it, "
-            f"{100 * train / slot_time:.0f}% of the slots (the rest: Ray and trial start-up, data loading, "
-            f"waiting for pretraining)"]
+    return [f"- Sweep cost: {cost['wall_s'] / 60:.1f} min of wall time over {len(runs)} invocation(s) x "
+            f"{'/'.join(f'{s:g}' for s in slots)} parallel slots; epochs (training + evaluation) took "
+            f"{cost['epochs_s'] / 60:.1f} min of it, {100 * cost['share']:.0f}% of the slots, "
+            f"{cost['wall_over_ideal']:.2f}x the ideal wall time (the rest: Ray and trial start-up, data loading, "
+            f"checkpoints, waiting for pretraining: {cost['fixed_per_trial_s']:.1f} s per trial)"]
 
 
 def _ci(iv_row: pd.Series, label: str) -> str:

@@ -1,0 +1,128 @@
+"""What `ablation sweep` prints while it runs: a line per trial start, finish, retry and failure, and a
+short summary (done / running / waiting / failed, epochs, elapsed, ETA) every `every` seconds, drawn in
+place with a bar on a terminal. Every epoch's line goes to the invocation's log file in the study.
+
+Why: a researcher wants to see at a glance how far a grid is and when it will end; Tune's trial tables
+(hundreds of lines for a small grid) are still there with `-v`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from ray.tune import Callback
+
+from . import store
+from .store import Location
+
+
+def clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _name(trial) -> str:
+    return trial.config["trial"]["name"]
+
+
+class Progress(Callback):
+    """A Tune callback over one invocation's trials: `trials` to run, `epochs` still to train in them."""
+
+    def __init__(self, trials: int, epochs: int, log: Location, every: float = 30.0):
+        self.total, self.epochs, self.log, self.every = trials, epochs, log, every
+        self.start = time.monotonic()
+        self.shown = 0.0
+        self.done = self.failed = self.trained = 0
+        self.running: set[str] = set()
+        self.lines: list[str] = []
+        self.drawn = False
+
+    # ------------------------------------------------------------------ output
+
+    @property
+    def out(self) -> TextIO:  # looked up per write, not kept: Tune pickles its callbacks with its state
+        return sys.stdout
+
+    @property
+    def tty(self) -> bool:
+        return self.out.isatty()
+
+    def _write_log(self, line: str) -> None:
+        self.lines.append(line)
+        if not store.is_uri(self.log):
+            with open(self.log, "a") as fh:
+                fh.write(line + "\n")
+
+    def event(self, text: str) -> None:
+        stamp = clock(time.monotonic() - self.start)
+        line = f"[{stamp}] {text}"
+        self._write_log(line)
+        if self.drawn:
+            self.out.write("\r\033[K")
+            self.drawn = False
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def summary(self) -> str:
+        elapsed = time.monotonic() - self.start
+        waiting = self.total - self.done - self.failed - len(self.running)
+        eta = ""
+        if self.trained and self.epochs > self.trained:
+            eta = f", ETA {clock(elapsed / self.trained * (self.epochs - self.trained))}"
+        return (f"{self.done}/{self.total} trials done, {len(self.running)} running, {max(waiting, 0)} waiting, "
+                f"{self.failed} failed; {self.trained}/{self.epochs} epochs; {clock(elapsed)} elapsed{eta}")
+
+    def _show(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tty:
+            if force or now - self.shown >= 1.0:
+                width = 20
+                filled = int(width * self.trained / max(self.epochs, 1))
+                self.out.write(f"\r\033[K[{'#' * filled}{'.' * (width - filled)}] {self.summary()}")
+                self.out.flush()
+                self.drawn, self.shown = True, now
+        elif force or now - self.shown >= self.every:
+            self.shown = now
+            self.event(self.summary())
+
+    # ------------------------------------------------------------------ Tune's hooks
+
+    def setup(self, **info: Any) -> None:
+        self.shown = time.monotonic()
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.running.add(trial.trial_id)
+        self.event(f"started  {_name(trial)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.trained += 1
+        self._write_log(f"[{clock(time.monotonic() - self.start)}] {_name(trial)} epoch {result.get('epoch')}/"
+                        f"{result.get('epochs')} train_loss {result.get('train_loss', float('nan')):.4f} test_acc "
+                        f"{result.get('test_acc', float('nan')):.4f} {result.get('epoch_time_s', 0):.1f}s")
+        self._show()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.running.discard(trial.trial_id)
+        self.done += 1
+        last = trial.last_result or {}
+        acc = f"test_acc {last['test_acc']:.4f}" if "test_acc" in last else "nothing left to train"
+        self.event(f"finished {_name(trial)}  {acc}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self.event(f"retrying {_name(trial)} from its last checkpoint (it crashed: {trial.error_file})")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.running.discard(trial.trial_id)
+        self.failed += 1
+        self.event(f"FAILED   {_name(trial)} after its retries; see {trial.error_file}")
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        self._show()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.event(self.summary())
+        if store.is_uri(self.log):
+            store.write_file(self.log, "\n".join(self.lines) + "\n")

@@ -1,0 +1,60 @@
+"""The dependency-driven searcher: what Tune is offered next, when, and what happens when a rotation fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.tune.search import Searcher
+
+from ablation.schedule import DependencySearcher
+from ablation.spec import parse_spec, plan
+
+
+def trials(seeds=(0, 1)):
+    spec = parse_spec({"name": "s", "dataset": "fashion-mnist", "seeds": list(seeds), "freeze": [4]}, where="t")
+    return plan(spec, Path("/tmp/s"))
+
+
+def make(planned, finished=()):
+    return DependencySearcher(planned, set(finished), lambda t: {"name": t.name})
+
+
+def names(suggestions):
+    return [s["trial"]["name"] for s in suggestions if isinstance(s, dict)]
+
+
+def last_epoch(epochs=2):
+    return {"epoch": epochs, "epochs": epochs}
+
+
+def test_a_pretrained_trial_is_offered_once_its_own_rotation_finished():
+    planned = trials()
+    s = make(planned)
+    first = [s.suggest(f"t{i}") for i in range(5)]
+    assert names(first) == ["rot-s0", "rot-s1", "ft-random-f4-s0", "ft-random-f4-s1"] and first[-1] is None
+    s.on_trial_complete("t1", result=last_epoch())  # rot-s1 done: its fine-tune, not seed 0's
+    assert names([s.suggest("t5")]) == ["ft-pretrained-f4-s1"] and s.suggest("t6") is None
+    s.on_trial_complete("t0", result={"epoch": 1, "epochs": 2})  # ended before its last epoch: not finished
+    for tid in ("t2", "t3", "t5"):
+        s.on_trial_complete(tid, result=last_epoch())
+    assert s.suggest("t7") == Searcher.FINISHED  # nothing runs, what waits cannot start: skipped, no hang
+    assert list(s.skipped.values()) == ["its rotation trial did not finish in this invocation"]
+
+
+def test_a_failed_rotation_skips_its_dependents_and_the_rest_goes_on():
+    planned = trials()
+    s = make(planned)
+    [s.suggest(f"t{i}") for i in range(4)]
+    s.on_trial_complete("t0", error=True)
+    assert s.failed == {planned[0].key}
+    assert {planned[0].name} == {t.name for t in planned if t.key in s.failed}
+    skipped = [t.name for t in planned if t.key in s.skipped]
+    assert skipped == ["ft-pretrained-f4-s0"] and "rot-s0 failed" in s.skipped[planned[2].key]
+    s.on_trial_complete("t1", result=last_epoch())
+    assert names([s.suggest("t4")]) == ["ft-pretrained-f4-s1"]
+
+
+def test_trials_whose_rotation_finished_in_an_earlier_invocation_are_offered_at_once():
+    planned = [t for t in trials() if t.config.stage == "finetune"]
+    s = make(planned, finished={t.depends_on for t in planned if t.depends_on})
+    assert len(names([s.suggest(f"t{i}") for i in range(4)])) == 4 and s.suggest("t4") == Searcher.FINISHED
