@@ -24,6 +24,14 @@ from ablation.provenance import code_version
 from ablation.sweep import load_spec
 
 
+def cpu_name() -> str:
+    import torch
+
+    from ablation.train import device_name
+
+    return device_name(torch.device("cpu"))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("spec")
@@ -50,7 +58,7 @@ def main() -> int:
     lines = (proc.stdout + proc.stderr).count("\n")
     figures = {"spec": args.spec, "overrides": args.overrides, "trials": len(records), **cost,
                "command_s": command_s, "console_lines": lines, "code_version": code_version(),
-               "machine": platform.processor() or platform.machine(), "host": platform.node()}
+               "machine": cpu_name(), "host": platform.node()}
     print(f"{args.spec} {' '.join(args.overrides)}: {len(records)} trials on {cost['slots']:g} slots")
     print(f"  wall {cost['wall_s']:.1f} s (the whole command {command_s:.1f} s, Ray start included), ideal "
           f"{cost['ideal_s']:.1f} s (epochs {cost['epochs_s']:.1f} s / slots): {cost['wall_over_ideal']:.2f}x")
