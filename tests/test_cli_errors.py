@@ -93,3 +93,15 @@ def test_a_tracker_that_cannot_be_used_is_one_line_before_anything_runs(tmp_path
     result = ablation("sweep", str(spec), "--storage", str(tmp_path / "st"), "--callback", tracker, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr == f"ablation: error: {expected}\n", result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_address_where_no_ray_head_answers_is_one_line_at_once(tmp_path):
+    import time
+
+    spec = Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml"
+    started = time.monotonic()
+    result = ablation("sweep", str(spec), "--storage", str(tmp_path / "st"), "--address", "127.0.0.1:1", cwd=tmp_path)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--address 127.0.0.1:1: no Ray head answers there" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -58,3 +58,32 @@ def test_trials_whose_rotation_finished_in_an_earlier_invocation_are_offered_at_
     planned = [t for t in trials() if t.config.stage == "finetune"]
     s = make(planned, finished={t.depends_on for t in planned if t.depends_on})
     assert len(names([s.suggest(f"t{i}") for i in range(4)])) == 4 and s.suggest("t4") == Searcher.FINISHED
+
+
+class FakeTrial:
+    def __init__(self, name, trial_id):
+        self.config, self.trial_id = {"trial": {"name": name}}, trial_id
+        self.last_result, self.error_file = {}, f"/x/{name}/error.txt"
+
+
+def test_the_console_gets_a_line_per_event_and_a_summary_the_log_every_epoch(tmp_path, capsys):
+    from ablation.progress import Progress
+
+    log = tmp_path / "run001.log"
+    p = Progress(trials=2, epochs=3, log=log, every=0.0)
+    a, b = FakeTrial("rot-s0", "a"), FakeTrial("ft-random-f0-s0", "b")
+    p.on_trial_start(0, [], a)
+    p.on_trial_start(0, [], b)
+    for epoch in (1, 2):
+        a.last_result = {"epoch": epoch, "epochs": 2, "train_loss": 1.0, "test_acc": 0.5, "epoch_time_s": 1.0}
+        p.on_trial_result(0, [], a, a.last_result)
+    p.on_trial_complete(0, [], a)
+    p.on_trial_error(0, [], b)
+    p.on_experiment_end([])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("] ", 1)[1] for line in out if "trials done" not in line] == [
+        "started  rot-s0", "started  ft-random-f0-s0", "finished rot-s0  test_acc 0.5000",
+        "FAILED   ft-random-f0-s0 after its retries; see /x/ft-random-f0-s0/error.txt"]
+    assert out[-1].endswith("1/2 trials done, 0 running, 0 waiting, 1 failed; 2/3 epochs; 0:00 elapsed, ETA 0:00")
+    text = log.read_text()
+    assert text.count("rot-s0 epoch ") == 2 and "FAILED" in text
