@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .study import trial_records
 
-COLUMNS = ("trial", "key", "state", "epochs", "test_acc")
+COLUMNS = ("trial", "key", "state", "epochs", "test_acc", "last on")
 
 
 def print_status(study_dir: Path) -> int:
@@ -21,7 +21,9 @@ def print_status(study_dir: Path) -> int:
         state = r["state"] + (f" ({r['reason']})" if r["reason"] else "")
         rows.append({"trial": r["name"], "key": r["key"][:10], "state": state,
                      "epochs": f"{last.get('epoch', 0)}/{r['config']['epochs']}",
-                     "test_acc": "-" if not last else f"{last['test_acc']:.4f}", "current": r["current"]})
+                     "test_acc": "-" if not last else f"{last['test_acc']:.4f}", "current": r["current"],
+                     "last on": "-" if not last else "/".join(filter(None, (last.get("host"), last.get("node", "")[:8])))
+                     or "?"})
     current = [r for r in rows if r["current"]]
     outside = [r for r in rows if not r["current"]]
     _print_table(current)

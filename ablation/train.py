@@ -192,9 +192,11 @@ def restore(s: Setup, state: dict[str, Any]) -> None:
 
 
 def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | None = None,
-          log: Callable[[str], None] = lambda _: None, data: D.Data | None = None) -> list[dict[str, Any]]:
+          log: Callable[[str], None] = lambda _: None, data: D.Data | None = None,
+          node: str = "") -> list[dict[str, Any]]:
     """Train cfg.epochs epochs (from resume's epoch on, if given); returns the metrics history.
-    data: already loaded for cfg (tests and workers that run many trials load it once)."""
+    data: already loaded for cfg (tests and workers that run many trials load it once); node: the Ray node
+    id of the worker, recorded in every epoch row beside the host (a cluster's epochs say where they ran)."""
     if resume is not None and {k: v for k, v in resume["config"].items() if k not in LOCATION_KEYS} != cfg.identity():
         raise ConfigError("the checkpoint was written by a different config; use a new output dir")
     s = build(cfg, data)
@@ -229,7 +231,7 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
                "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
                "epoch_time_s": time.perf_counter() - t0, "train_images_per_s": seen / train_time,
-               "device": device_name(s.device)}  # beside the columns: where this epoch's time was measured
+               "device": device_name(s.device), "host": platform.node(), "node": node}  # where it was measured
         history.append(row)
         state = copy.deepcopy({  # a snapshot: the callback may keep it while training goes on
             "epoch": epoch, "epochs": cfg.epochs, "config": cfg.to_dict(), "model": s.model.state_dict(),

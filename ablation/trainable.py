@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from . import store
@@ -29,4 +30,5 @@ def run_trial(param: dict[str, Any]) -> None:
             torch.cuda.set_per_process_memory_fraction(min(1.0, float(trial["gpu"])))
     location = trial["dir"] if store.is_uri(trial["dir"]) else Path(trial["dir"])
     run(cfg, location, log=lambda msg: print(f"[{trial['name']}] {msg}", flush=True),
-        report=lambda row: tune.report({**row, "trial": trial["name"], "key": trial["key"]}))
+        report=lambda row: tune.report({**row, "trial": trial["name"], "key": trial["key"]}),
+        node=ray.get_runtime_context().get_node_id())

@@ -18,7 +18,7 @@ from .findings import findings, header, trial_state
 from .frames import load_study
 from .tables import Table, build_tables
 
-TRIAL_COLUMNS = ["trial", "key", "state", "best acc (%)", "final acc (%)", "wall time (s)"]
+TRIAL_COLUMNS = ["trial", "key", "state", "best acc (%)", "final acc (%)", "wall time (s)", "ran on (host/node)"]
 
 
 def write_frame(frame: pd.DataFrame, outdir: Path, name: str) -> None:
@@ -39,7 +39,8 @@ def trials_table(trials: pd.DataFrame) -> Table:
     (a digest of its config) names its directory under trials/."""
     frame = trials.assign(**{"key": trials["key"].str[:10], "state": trials.apply(trial_state, axis=1),
                              "best acc (%)": trials["best_test_acc"] * 100,
-                             "final acc (%)": trials["final_test_acc"] * 100, "wall time (s)": trials["wall_time_s"]})
+                             "final acc (%)": trials["final_test_acc"] * 100, "wall time (s)": trials["wall_time_s"],
+                             "ran on (host/node)": trials["ran_on"].fillna("")})
     return Table("trial_states", "Trials", frame[TRIAL_COLUMNS], ["best / final = test accuracy at the best / last "
                                                                   "reported epoch; wall time = sum of epoch times."],
                  keys=["trial", "key", "state"])

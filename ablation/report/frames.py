@@ -22,9 +22,10 @@ NOT_CELL = {"seed", "pretrain.seed", "stage", "crash_at_epoch"}  # seeds are wha
 # Per-epoch values kept from each metrics row ("lr" there is the scheduled lr, renamed to keep the config's).
 EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_acc", "test_loss": "test_loss",
               "test_acc": "test_acc", "lr": "epoch_lr", "epoch_time_s": "epoch_time_s",
-              "train_images_per_s": "train_images_per_s", "data_fingerprint": "data_fingerprint", "device": "trained_on"}
+              "train_images_per_s": "train_images_per_s", "data_fingerprint": "data_fingerprint", "device": "trained_on",
+              "host": "host", "node": "node"}
 SUMMARY = ["state", "current", "finished", "epochs_done", "trained", "final_test_acc", "best_test_acc", "best_epoch",
-           "lowest_test_loss", "wall_time_s", "pretrained_digest"]
+           "lowest_test_loss", "wall_time_s", "pretrained_digest", "ran_on"]
 
 
 def _config_columns(record: dict[str, Any], by_key: dict[str, dict]) -> dict[str, Any]:
@@ -38,10 +39,12 @@ def _config_columns(record: dict[str, Any], by_key: dict[str, dict]) -> dict[str
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
     rows = record["rows"]
     if not rows:
-        return {"epochs_done": 0, "pretrained_digest": None}
+        return {"epochs_done": 0, "pretrained_digest": None, "ran_on": ""}
     accs = [r["test_acc"] for r in rows]
     best = max(range(len(rows)), key=lambda i: accs[i])
+    nodes = sorted({f"{r.get('host', '?')}/{r['node'][:8]}" if r.get("node") else r.get("host", "?") for r in rows})
     return {"epochs_done": rows[-1]["epoch"], "final_test_acc": accs[-1], "best_test_acc": accs[best],
+            "ran_on": ", ".join(nodes),
             "best_epoch": rows[best]["epoch"], "lowest_test_loss": min(r["test_loss"] for r in rows),
             "wall_time_s": sum(r["epoch_time_s"] for r in rows), "pretrained_digest": rows[0].get("pretrained_digest")}
 
