@@ -74,6 +74,10 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     if fresh and store.exists(study_dir):
         warn(f"--fresh: moved the old study to {study.move_aside(Path(study_dir))} (nothing deleted); starting over")
     gpu, slots = _start_ray(address, spec, verbose)
+    if address and not store.is_uri(study_dir):
+        from .nodes import check_nodes
+
+        check_nodes(Path(study_dir).parent, [t.config for t in trials])
     manifest = study.begin(study_dir, spec, spec_path, trials, data, old, slots)
     records = {r["key"]: r for r in study.trial_records(study_dir, manifest)}
     done = {k for k, r in records.items() if r["state"] == study.FINISHED}

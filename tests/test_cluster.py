@@ -5,8 +5,10 @@ every trial ends with the metrics and weights of the same study run on one node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -53,18 +55,22 @@ def raylets(marker: str) -> dict[str, tuple[int, bool]]:
     return out
 
 
-@pytest.fixture
-def cluster():
+@contextlib.contextmanager
+def ray_cluster(hide: tuple[Path, ...] = ()):
     """`ray start --head` + `ray start --address` on this machine, 1 CPU each, in a temp dir of their own (so
-    that tearing them down touches no other Ray on the machine: no `ray stop`)."""
+    that tearing them down touches no other Ray on the machine: no `ray stop`). The worker node can be
+    started in a mount namespace of its own where `hide` paths are empty (a node that lacks them)."""
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths live below it
     port = free_port()
     common = ["--num-cpus=1", "--disable-usage-stats"]
+    worker = [RAY, "start", f"--address=127.0.0.1:{port}", *common]
+    if hide:
+        mounts = " && ".join(f"mount -t tmpfs tmpfs {shlex.quote(str(p))}" for p in hide)
+        worker = ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mounts} && exec {shlex.join(worker)}"]
     try:
         subprocess.run([RAY, "start", "--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false",
                         *common], env=ENV, check=True, capture_output=True, timeout=120)
-        subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", *common], env=ENV, check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(worker, env=ENV, check=True, capture_output=True, timeout=120)
         deadline = time.time() + 60
         while len(raylets(temp)) < 2 and time.time() < deadline:
             time.sleep(0.5)
@@ -73,6 +79,12 @@ def cluster():
     finally:
         for pid in processes_of(temp):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def cluster():
+    with ray_cluster() as c:
+        yield c
 
 
 def outcome(study: Path) -> dict:
@@ -151,3 +163,32 @@ def test_cluster_driver_killed_and_rerun_with_address_resumes(tmp_path, cluster)
     trained = trained_by_trial(study)
     assert {t: trained[t] for t in done_at_kill} == done_at_kill  # not one more epoch
     assert sum(trained.values()) <= EPOCHS * len(trained) + 2  # one epoch per slot at the kill, at most
+
+
+def test_cluster_nodes_that_cannot_see_the_storage_or_the_data_are_one_line_before_any_trial(tmp_path):
+    from PIL import Image
+
+    hidden = tmp_path / "hidden"
+    images = hidden / "images"
+    for split in ("train", "test"):
+        for label, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+            folder = images / split / label
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (32, 32), colour).save(folder / f"{i}.png")
+    spec = write_spec(tmp_path / "n.yaml", name="n", seeds=[0], init=["random"], freeze=[0], train_subset=0,
+                      test_subset=0, finetune={"epochs": 1}, pretrain={"epochs": 1})
+    with ray_cluster(hide=(hidden,)) as (address, _):
+        storage = hidden / "studies"  # the driver sees it; the worker node sees an empty folder there
+        result = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(storage),
+                                 "--address", address], env=ENV, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and "cannot see the study storage" in result.stderr, result.stderr[-3000:]
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("ablation: error: Ray node ")
+        assert not storage.exists()  # nothing written, not even the probe's folder
+
+        result = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage",
+                                 str(tmp_path / "st"), "--address", address, "dataset=imagefolder",
+                                 f"data_dir={images}", f"cache_dir={tmp_path / 'cache'}"],
+                                env=ENV, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and "imagefolder: neither" in result.stderr, result.stderr[-3000:]
+        assert result.stderr.count("\n") == 1 and not (tmp_path / "st").exists()
