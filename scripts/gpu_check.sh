@@ -6,11 +6,12 @@
 #   cp ../shared/data/cifar10-jpeg/{train,test}.zip data/cifar10-jpeg/    # data/ is git-ignored: carry it
 #   bash scripts/gpu_check.sh                     # PROTOCOL=0 skips the training runs, BENCH=0 the benchmark
 #
-# Sized for an H200 in about 10 minutes: the bench at batch 512, then 30 rotation + 4 x 20 fine-tune epochs.
+# Sized for an H200: the bench at batch 512 (~2 min), then 30 rotation + 4 x 20 fine-tune epochs per seed, 3 seeds
+# at once (unmeasured: set ROT_EPOCHS/FT_EPOCHS or SEEDS lower if the device time is short).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 data=${DATA_DIR:-data/cifar10-jpeg}
 [ -f "$data/train.zip" ] || [ -d "$data/train" ] || { echo "gpu_check: no CIFAR-10 copy in $data (see the header)" >&2; exit 2; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch; print('torch', torch.__version__)"; } 2>&1 | tee "$out/device.txt"
@@ -20,6 +21,11 @@ if [ "${BENCH:-1}" = 1 ]; then
     --json "$out/bench-cuda-k4.json" 2>&1 | tee "$out/bench-k4.txt"
 fi
 if [ "${PROTOCOL:-1}" = 1 ]; then
-  ABLATION="python3 -m ablation.cli" bash scripts/report_protocol.sh /tmp/protocol dataset=imagefolder data_dir="$data" \
-    device=cuda seed="${SEED:-0}" 2>&1 | tee "$out/protocol.txt"
+  # SEEDS (default "0 1 2") run at once, sharing the GPU; ROT_EPOCHS / FT_EPOCHS shorten them if time is short.
+  for seed in ${SEEDS:-0 1 2}; do
+    ABLATION="python3 -m ablation.cli" bash scripts/report_protocol.sh "/tmp/protocol-s$seed" dataset=imagefolder \
+      data_dir="$data" device=cuda seed="$seed" > "$out/protocol-s$seed.txt" 2>&1 &
+  done
+  wait
+  tail -n 12 "$out"/protocol-s*.txt
 fi
