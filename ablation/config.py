@@ -56,6 +56,9 @@ class TrialConfig:
                                  stage="finetune")
     data_seed: int = _opt(0, "seed of the subsets, fixed across trial seeds so seeds vary only the training", lo=0,
                           hi=SEED_MAX)
+    val_split: int = _opt(0, "hold out N training images for validation (stratified, fixed by data_seed: the same "
+                          "for every seed and cell, before any other subset); epoch rows gain val_loss and val_acc, "
+                          "and the report selects an epoch on them; 0 = off (the report's protocol)", lo=0)
     augment: str = _opt("on", "random crop (pad 4) + horizontal flip of training batches, in both stages as the "
                         "report's assignment did; auto = finetune only (small rotation runs learn faster: README)",
                         choices=("on", "off", "auto"))

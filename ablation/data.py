@@ -46,6 +46,7 @@ class Data:
     mean: tuple[float, ...]  # per channel, in [0, 1], of the full training split
     std: tuple[float, ...]
     fingerprint: str  # sha256 over the full splits' bytes: which data copy a result came from
+    val: Split | None = None  # held out of the training split (val_split), for epoch selection
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -56,13 +57,26 @@ def load_data(cfg: TrialConfig) -> Data:
     full = full_data(cfg)
     train, test = full.train, full.test
     _check_subsets(cfg, train.y, test.y)
+    val = None
+    if cfg.val_split:
+        held, kept = validation_split(train.y, cfg.val_split, cfg.data_seed)
+        train, val = take(train, kept), take(train, held)
     if cfg.stage == "finetune" and cfg.labels_per_class:
         train = take(train, per_class_subset(train.y, cfg.labels_per_class, cfg.data_seed))
     if cfg.train_subset and cfg.train_subset < len(train.y):
         train = take(train, stratified_subset(train.y, cfg.train_subset, cfg.data_seed))
     if cfg.test_subset and cfg.test_subset < len(test.y):
         test = take(test, stratified_subset(test.y, cfg.test_subset, cfg.data_seed + 1))
-    return Data(train, test, full.classes, full.mean, full.std, full.fingerprint)
+    return Data(train, test, full.classes, full.mean, full.std, full.fingerprint, val)
+
+
+def validation_split(labels: torch.Tensor, n: int, data_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out indices, the rest) of a training split: n images stratified by class, seeded by data_seed
+    alone (its own stream: data_seed + 2; the test subset uses + 1), so every seed and cell sees the same."""
+    held = stratified_subset(labels, n, data_seed + 2)
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held] = False
+    return held, keep.nonzero().flatten()
 
 
 _FULL: dict[tuple, Data] = {}  # this process's loaded sources, by what they were read from (newest last)
@@ -91,7 +105,12 @@ def _source_name(cfg: TrialConfig) -> str:
 
 def _check_subsets(cfg: TrialConfig, train_labels: torch.Tensor, test_labels: torch.Tensor) -> None:
     """A subset never silently holds less than it says: one larger than its split, or labels per class beyond
-    the smallest class, is refused."""
+    the smallest class, is refused. A validation split is held out first: the rest is what they cut."""
+    if cfg.val_split:
+        if cfg.val_split >= len(train_labels):
+            raise ConfigError(f"val_split={cfg.val_split} leaves no training images of the {len(train_labels)} "
+                              f"of {_source_name(cfg)}; use fewer")
+        train_labels = train_labels[validation_split(train_labels, cfg.val_split, cfg.data_seed)[1]]
     if cfg.stage == "finetune" and cfg.labels_per_class:
         have = int(torch.bincount(train_labels).min())
         if cfg.labels_per_class > have:

@@ -30,7 +30,7 @@ from .store import Location
 
 # What a spreadsheet gets per epoch (metrics.jsonl has every field of the row).
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
-                  "train_images_per_s")
+                  "train_images_per_s", "val_loss", "val_acc")  # val_*: empty without val_split
 KEEP = 2  # the newest checkpoint plus one to fall back on if it is found corrupt
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"

@@ -87,6 +87,8 @@ class Setup:
     bf16: bool
     channels_last: bool
     pretrained_digest: str = ""  # weights_digest of the loaded backbone, "" for random init
+    val_x: torch.Tensor | None = None  # the validation split (val_split), None when off
+    val_y: torch.Tensor | None = None
 
 
 def build(cfg: TrialConfig, data: D.Data | None = None) -> Setup:
@@ -119,7 +121,9 @@ def build(cfg: TrialConfig, data: D.Data | None = None) -> Setup:
                  train_x=data.train.x.to(device), train_y=data.train.y.to(device),
                  test_x=data.test.x.to(device), test_y=data.test.y.to(device),
                  mean=as_stat(data.mean), std=as_stat(data.std), data=data, bf16=bf16, channels_last=channels_last,
-                 pretrained_digest=pretrained_digest)
+                 pretrained_digest=pretrained_digest,
+                 val_x=None if data.val is None else data.val.x.to(device),
+                 val_y=None if data.val is None else data.val.y.to(device))
 
 
 def _autocast(s: Setup):
@@ -157,14 +161,14 @@ def train_batches(s: Setup) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(s: Setup) -> tuple[float, float]:
-    """Test loss and accuracy; rotation is scored on all four turns of every test image (no sampling)."""
+def evaluate(s: Setup, xs: torch.Tensor, ys: torch.Tensor) -> tuple[float, float]:
+    """Loss and accuracy on a held-out split; rotation is scored on all four turns of every image."""
     s.model.eval()
     chunk = max(1, s.cfg.eval_batch_size // (4 if s.cfg.stage == "rotation" else 1))
     loss_sum = torch.zeros((), device=s.device)
     correct = torch.zeros((), device=s.device, dtype=torch.long)
     count = 0
-    for x, y in zip(s.test_x.split(chunk), s.test_y.split(chunk)):
+    for x, y in zip(xs.split(chunk), ys.split(chunk)):
         x, y = make_inputs(s, x, y, train=False)
         with _autocast(s):
             logits = s.forward(x)
@@ -227,11 +231,13 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
             raise FloatingPointError(f"epoch {epoch}: training loss is {train_loss}; lower lr= (now {cfg.lr})")
         train_time = time.perf_counter() - t0
         s.scheduler.step()
-        test_loss, test_acc = evaluate(s)
+        test_loss, test_acc = evaluate(s, s.test_x, s.test_y)
+        val = {} if s.val_y is None else dict(zip(("val_loss", "val_acc"), evaluate(s, s.val_x, s.val_y)))
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
                "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
                "epoch_time_s": time.perf_counter() - t0, "train_images_per_s": seen / train_time,
-               "device": device_name(s.device), "host": platform.node(), "node": node}  # where it was measured
+               "device": device_name(s.device), "host": platform.node(), "node": node,  # where it was measured
+               **val}
         history.append(row)
         state = copy.deepcopy({  # a snapshot: the callback may keep it while training goes on
             "epoch": epoch, "epochs": cfg.epochs, "config": cfg.to_dict(), "model": s.model.state_dict(),
@@ -240,5 +246,5 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
         on_epoch(row, state)
         log(f"[{cfg.stage}] epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  train_acc {row['train_acc']:.4f}"
             f"  test_loss {test_loss:.4f}  test_acc {test_acc:.4f}  lr {lr:.4g}  {row['epoch_time_s']:.1f}s"
-            f"  {row['train_images_per_s']:.0f} img/s")
+            f"  {row['train_images_per_s']:.0f} img/s" + (f"  val_acc {val['val_acc']:.4f}" if val else ""))
     return history

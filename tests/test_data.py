@@ -136,3 +136,23 @@ def test_channel_stats_match_the_float_computation():
     f = x.double() / 255
     assert mean == tuple(round(v, 6) for v in f.mean(dim=(0, 2, 3)).tolist())
     assert std == pytest.approx(f.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=2e-6)
+
+
+def test_a_validation_split_is_held_out_stratified_and_the_same_for_every_seed_and_subset():
+    full = D.load_data(tiny(train_subset=0, test_subset=0))
+    a = D.load_data(tiny(train_subset=0, val_split=500, seed=0))
+    b = D.load_data(tiny(train_subset=300, val_split=500, seed=7, stage="finetune", init="random"))
+    assert torch.equal(a.val.x, b.val.x) and torch.equal(a.val.y, b.val.y)  # same images whatever else varies
+    assert torch.equal(torch.bincount(a.val.y), torch.full((10,), 50))  # stratified
+    assert len(a.train.y) == 60000 - 500 and len(b.train.y) == 300 and a.fingerprint == full.fingerprint
+    held, kept = D.validation_split(full.train.y, 500, 0)
+    assert not set(held.tolist()) & set(kept.tolist()) and len(held) + len(kept) == 60000
+    assert torch.equal(a.val.x, full.train.x[held]) and torch.equal(a.train.x, full.train.x[kept])
+    assert D.load_data(tiny(val_split=0)).val is None
+
+
+def test_a_validation_split_as_large_as_the_training_split_is_refused():
+    with pytest.raises(ConfigError, match="val_split=60000 leaves no training images"):
+        D.load_data(tiny(train_subset=0, val_split=60000))
+    with pytest.raises(ConfigError, match="train_subset=59800 exceeds the 59500 training images"):
+        D.load_data(tiny(train_subset=59800, val_split=500))

@@ -278,3 +278,15 @@ def test_sweep_cost_counts_only_studies_whose_runs_all_ended():
     killed = {"started": "2026-11-30T09:00:00+00:00", "slots": 2}  # a SIGKILLed driver records no end
     (line,) = sweep_cost([killed, run], trials)
     assert "not computed: 1 of 2 invocation(s)" in line and "%" not in line
+
+
+def test_the_epoch_chosen_on_validation_data_gives_the_test_accuracy_reported_for_it():
+    from ablation.report.frames import _summary
+
+    rows = [{"epoch": e, "test_acc": t, "test_loss": 1.0, "epoch_time_s": 1.0, "val_acc": v}
+            for e, t, v in ((1, 0.50, 0.40), (2, 0.70, 0.45), (3, 0.60, 0.55))]
+    summary = _summary({"rows": rows})
+    assert summary["best_test_acc"] == 0.70 and summary["best_val_epoch"] == 3
+    assert summary["test_acc_at_best_val"] == 0.60  # not the best test epoch: chosen without the test set
+    assert "test_acc_at_best_val" not in _summary({"rows": [{k: v for k, v in r.items() if k != "val_acc"}
+                                                             for r in rows]})

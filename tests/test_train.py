@@ -110,3 +110,15 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):
     history = rundir.run(cfg.replace(epochs=2), tmp_path, log=logs.append)
     assert any("skipping checkpoint" in m and "sha256" in m for m in logs)
     assert "resumed from epoch 1 of 2" in logs and [r["epoch"] for r in history] == [1, 2]
+
+
+def test_a_validation_split_is_scored_every_epoch_and_kept_out_of_training():
+    from ablation.data import load_data
+
+    cfg = tiny(stage="finetune", epochs=2, val_split=200)
+    data = load_data(cfg)
+    history, _ = _states(cfg, data)
+    assert all(0 <= r["val_acc"] <= 1 and r["val_loss"] > 0 for r in history)
+    assert len(data.train.y) == 256 and len(data.val.y) == 200  # train_subset is cut from what is left
+    plain, _ = _states(tiny(stage="finetune", epochs=2), load_data(tiny(stage="finetune", epochs=2)))
+    assert "val_acc" not in plain[0]

@@ -23,9 +23,9 @@ NOT_CELL = {"seed", "pretrain.seed", "stage", "crash_at_epoch"}  # seeds are wha
 EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_acc", "test_loss": "test_loss",
               "test_acc": "test_acc", "lr": "epoch_lr", "epoch_time_s": "epoch_time_s",
               "train_images_per_s": "train_images_per_s", "data_fingerprint": "data_fingerprint", "device": "trained_on",
-              "host": "host", "node": "node"}
+              "host": "host", "node": "node", "val_loss": "val_loss", "val_acc": "val_acc"}
 SUMMARY = ["state", "current", "finished", "epochs_done", "trained", "final_test_acc", "best_test_acc", "best_epoch",
-           "lowest_test_loss", "wall_time_s", "pretrained_digest", "ran_on"]
+           "lowest_test_loss", "wall_time_s", "pretrained_digest", "ran_on", "best_val_epoch", "test_acc_at_best_val"]
 
 
 def _config_columns(record: dict[str, Any], by_key: dict[str, dict]) -> dict[str, Any]:
@@ -43,7 +43,11 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
     accs = [r["test_acc"] for r in rows]
     best = max(range(len(rows)), key=lambda i: accs[i])
     nodes = sorted({f"{r.get('host', '?')}/{r['node'][:8]}" if r.get("node") else r.get("host", "?") for r in rows})
-    return {"epochs_done": rows[-1]["epoch"], "final_test_acc": accs[-1], "best_test_acc": accs[best],
+    at_val = {}
+    if all("val_acc" in r for r in rows):  # selected on validation data: no look at the test set
+        chosen = max(range(len(rows)), key=lambda i: rows[i]["val_acc"])
+        at_val = {"best_val_epoch": rows[chosen]["epoch"], "test_acc_at_best_val": accs[chosen]}
+    return {**at_val, "epochs_done": rows[-1]["epoch"], "final_test_acc": accs[-1], "best_test_acc": accs[best],
             "ran_on": ", ".join(nodes),
             "best_epoch": rows[best]["epoch"], "lowest_test_loss": min(r["test_loss"] for r in rows),
             "wall_time_s": sum(r["epoch_time_s"] for r in rows), "pretrained_digest": rows[0].get("pretrained_digest")}
