@@ -89,7 +89,7 @@ def full_data(cfg: TrialConfig) -> Data:
     Why: a Ray worker runs trial after trial on the same data; decoding, hashing and the channel statistics
     cost seconds each time. The memo is keyed by the source's files (names, sizes, mtimes), so a copy that
     changed is read again, never served from memory."""
-    signature, read = _SOURCES[cfg.dataset](cfg)
+    signature, read = SOURCES[cfg.dataset](cfg)
     if signature not in _FULL:
         train, test, classes = read()
         mean, std = channel_stats(train.x)
@@ -391,7 +391,7 @@ def _decode(src: Path, split: str, listing: list[tuple]):
 
 
 # dataset -> (cfg -> (signature of the source's files, a function that reads the whole splits))
-_SOURCES = {"cifar10": _cifar10_source, "fashion-mnist": _fashion_mnist_source, "imagefolder": _imagefolder_source}
+SOURCES = {"cifar10": _cifar10_source, "fashion-mnist": _fashion_mnist_source, "imagefolder": _imagefolder_source}
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

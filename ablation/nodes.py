@@ -23,12 +23,12 @@ def _look(probe: str, configs: list[dict]) -> list[str]:
     if not Path(probe).exists():
         problems.append(f"cannot see the study storage {Path(probe).parent} (mount it at the same path on "
                         f"every node)")
-    from .data import _SOURCES
+    from .data import SOURCES
 
     for values in configs:
         cfg = TrialConfig.from_dict(values)
         try:
-            _SOURCES[cfg.dataset](cfg)
+            SOURCES[cfg.dataset](cfg)
         except UserError as exc:
             problems.append(str(exc))
     return problems

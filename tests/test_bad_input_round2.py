@@ -94,6 +94,15 @@ def assert_one_line(rc, err, expected):
     assert err.count("\n") == 1 and err.startswith("ablation: error: ") and expected in err, err
 
 
+def assert_train_on_tree_is_one_line(capsys, tree: Path, tmp_path: Path, expected: str) -> None:
+    """`ablation train` on the image folder `tree` fails in one line naming the problem, and writes no run dir."""
+    out = tmp_path / "run"
+    rc, _, err = run_cli(capsys, "train", "dataset=imagefolder", f"data_dir={tree}", f"cache_dir={tmp_path / 'c'}",
+                         "device=cpu", "--out", str(out))
+    assert_one_line(rc, err, expected)
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------------------------------------- 1. stale cache
 
 
@@ -301,11 +310,7 @@ def test_a_broken_zip_is_one_line_naming_it(tmp_path, jpegs, capsys, how, expect
     tree = make_tree(tmp_path / "tree", jpegs)
     zip_tree(tree)
     corrupt_zip(tree / "train.zip", how)
-    out = tmp_path / "run"
-    rc, _, err = run_cli(capsys, "train", "dataset=imagefolder", f"data_dir={tree}", f"cache_dir={tmp_path / 'c'}",
-                         "device=cpu", "--out", str(out))
-    assert_one_line(rc, err, expected)
-    assert not out.exists()
+    assert_train_on_tree_is_one_line(capsys, tree, tmp_path, expected)
 
 
 @pytest.mark.parametrize("how, expected", [
@@ -317,11 +322,7 @@ def test_a_file_that_is_not_an_image_is_one_line_naming_it(tmp_path, jpegs, caps
     tree = make_tree(tmp_path / "tree", jpegs)
     bad = tree / "train" / "dog" / "0002.jpg"
     bad.write_bytes({"text": b"hello, not a jpeg\n", "truncated": jpegs["dog"][2][:-300], "empty": b""}[how])
-    out = tmp_path / "run"
-    rc, _, err = run_cli(capsys, "train", "dataset=imagefolder", f"data_dir={tree}", f"cache_dir={tmp_path / 'c'}",
-                         "device=cpu", "--out", str(out))
-    assert_one_line(rc, err, expected)
-    assert not out.exists()
+    assert_train_on_tree_is_one_line(capsys, tree, tmp_path, expected)
 
 
 def resave(tree: Path, size: tuple[int, int], only: str | None = None) -> None:
@@ -344,9 +345,7 @@ def test_images_of_the_wrong_shape_are_one_line(tmp_path, jpegs, capsys, case, e
         resave(tree, (40, 40), only="train/cat/0001.jpg")
     else:
         resave(tree / "test", (40, 40))
-    rc, _, err = run_cli(capsys, "train", "dataset=imagefolder", f"data_dir={tree}", f"cache_dir={tmp_path / 'c'}",
-                         "device=cpu", "--out", str(tmp_path / "run"))
-    assert_one_line(rc, err, expected)
+    assert_train_on_tree_is_one_line(capsys, tree, tmp_path, expected)
 
 
 def test_hidden_files_beside_images_are_skipped(tmp_path, jpegs):
