@@ -151,8 +151,17 @@ class TrialConfig:
             raise ConfigError(f"rotation_mode=all4 needs batch_size divisible by 4, got {self.batch_size}")
 
     def identity(self) -> dict[str, Any]:
-        """What the run computes: every key but where its data, cache and pretrained weights live."""
-        return {k: v for k, v in self.to_dict().items() if k not in LOCATION_KEYS}
+        """What the run computes: the keys set away from their defaults, but where its data, cache and
+        pretrained weights live. A key added later, whose default keeps today's behaviour, so leaves every
+        earlier trial's identity (and study key) as it was; a default must therefore never change meaning."""
+        return self.identity_of(self.to_dict())
+
+    @classmethod
+    def identity_of(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """identity() of a config as recorded (run.json, a checkpoint), written by this or an earlier version."""
+        fields = cls.fields()
+        return {k: v for k, v in values.items()
+                if k not in LOCATION_KEYS and not (k in fields and v == fields[k].default)}
 
     def describe(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from . import provenance, store
 from .atomic import write_atomic
-from .config import LOCATION_KEYS, ConfigError, TrialConfig
+from .config import ConfigError, TrialConfig
 from .store import Location
 
 # What a spreadsheet gets per epoch (metrics.jsonl has every field of the row).
@@ -62,7 +62,7 @@ def _check_same_config(record: str | None, where: Location, cfg: TrialConfig) ->
         old = json.loads(record or "")["config"]
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{where} is not empty and holds no readable {RUN_FILE}; choose another --out") from None
-    old = {k: v for k, v in old.items() if k not in LOCATION_KEYS}
+    old = TrialConfig.identity_of(old)
     now = cfg.identity()
     changed = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
     if changed:

@@ -91,9 +91,7 @@ def trial_key(cfg: TrialConfig, depends_on: str | None) -> str:
 
 def _stage_only(key: str) -> str | None:
     """The stage a key applies to, when it applies to one stage only."""
-    only = getattr(TrialConfig, "stage_only_keys", None)
-    return {"rotation_mode": "rotation", **(only() if only else {"init": "finetune", "freeze": "finetune",
-            "labels_per_class": "finetune", "pretrained_from": "finetune"})}.get(key)
+    return TrialConfig.stage_only_keys().get(key)
 
 
 def _values(label: str, value: Any, where: str) -> tuple:

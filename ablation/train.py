@@ -24,7 +24,7 @@ from torch import nn
 
 from . import data as D
 from .checkpoint import resolve_pretrained
-from .config import LOCATION_KEYS, ConfigError, TrialConfig
+from .config import ConfigError, TrialConfig
 from .models import apply_freeze, build_model, load_backbone, set_train_mode, weights_digest
 
 EpochCallback = Callable[[dict[str, Any], dict[str, Any]], None]
@@ -201,7 +201,7 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
     """Train cfg.epochs epochs (from resume's epoch on, if given); returns the metrics history.
     data: already loaded for cfg (tests and workers that run many trials load it once); node: the Ray node
     id of the worker, recorded in every epoch row beside the host (a cluster's epochs say where they ran)."""
-    if resume is not None and {k: v for k, v in resume["config"].items() if k not in LOCATION_KEYS} != cfg.identity():
+    if resume is not None and TrialConfig.identity_of(resume["config"]) != cfg.identity():
         raise ConfigError("the checkpoint was written by a different config; use a new output dir")
     s = build(cfg, data)
     history: list[dict[str, Any]] = []

@@ -132,3 +132,14 @@ def test_bad_axes_are_one_line_naming_the_key(tmp_path, over, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")) as err:
         planned(tmp_path, **over)
     assert "\n" not in str(err.value)
+
+
+def test_a_key_added_later_at_its_default_leaves_earlier_trial_keys_unchanged():
+    """A study made before a key existed is still the same study: its trials are not retrained."""
+    from ablation.config import TrialConfig
+    from ablation.spec import trial_key
+
+    cfg = TrialConfig(stage="finetune", epochs=3)
+    recorded_before = {k: v for k, v in cfg.to_dict().items() if k != "val_split"}  # as an older run.json has it
+    assert TrialConfig.identity_of(recorded_before) == cfg.identity()
+    assert trial_key(cfg, None) == trial_key(cfg.replace(val_split=0), None) != trial_key(cfg.replace(val_split=5), None)
