@@ -48,6 +48,17 @@ def set_train_mode(model: nn.Module, freeze: int) -> None:
         module.eval()
 
 
+def frozen_digest(model: nn.Module, freeze: int) -> str:
+    """weights_digest of the frozen groups' whole state (parameters and BatchNorm buffers, keyed as in the
+    model's state dict), "" when nothing is frozen. Why: taken at build and after each epoch, two equal
+    digests prove that freezing froze; a BN layer left in train mode or a parameter left trainable differs."""
+    frozen = frozen_modules(model, freeze)
+    if not frozen:
+        return ""
+    return weights_digest({f"{name}.{k}": v for name, module in model.named_children()
+                           if any(module is m for m in frozen) for k, v in module.state_dict().items()})
+
+
 def trainable_parameter_names(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
 

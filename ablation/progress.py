@@ -40,6 +40,11 @@ class Progress(Callback):
         self.lines: list[str] = []
         self.drawn = False
 
+    def add(self, trials: int, epochs: int) -> None:
+        """Trials planned while the run goes on (a tuned cell's choice on every seed)."""
+        self.total += trials
+        self.epochs += epochs
+
     # ------------------------------------------------------------------ output
 
     @property
@@ -108,6 +113,9 @@ class Progress(Callback):
         self.running.discard(trial.trial_id)
         self.done += 1
         last = trial.last_result or {}
+        if last.get("epoch", 0) < last.get("epochs", 0):  # Tune's ASHA stopped it (tuning.py)
+            self.event(f"stopped  {_name(trial)} early at epoch {last['epoch']} of {last['epochs']}")
+            return
         acc = f"test_acc {last['test_acc']:.4f}" if "test_acc" in last else "nothing left to train"
         self.event(f"finished {_name(trial)}  {acc}")
 

@@ -9,6 +9,8 @@ each epoch's files are pushed after the epoch, checkpoint first. Layout:
                                   data fingerprint, pretrained digest beside the metrics)
     metrics.csv                   the same rows, train.METRIC_COLUMNS only, for a spreadsheet
     trained.log                   append-only: one line per epoch ever trained (retrained epochs again)
+    stopped.json                  written by the study's driver when Tune's ASHA stopped the run early
+                                  (tuning.py): a rerun does not resume it
     checkpoints/epoch_NNNN/       the newest KEEP checkpoints (state.pt + meta.json)
 """
 
@@ -37,6 +39,7 @@ METRICS_FILE = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 TRAINED_LOG = "trained.log"
 CHECKPOINTS = "checkpoints"
+STOPPED_FILE = "stopped.json"
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -117,6 +120,19 @@ def read_rows(location: Location) -> list[dict[str, Any]]:
     An epoch that appears twice keeps its last row."""
     by_epoch = {r["epoch"]: r for r in _json_lines(store.child(location, METRICS_FILE)) if isinstance(r.get("epoch"), int)}
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def mark_stopped(location: Location, epoch: int, why: str) -> None:
+    store.write_file(store.child(location, STOPPED_FILE), json.dumps({"epoch": epoch, "why": why,
+                                                                       "time": provenance.now()}))
+
+
+def stopped(location: Location) -> dict[str, Any] | None:
+    """The early stop of this run ({"epoch", "why", "time"}), or None when it was never stopped early."""
+    try:
+        return json.loads(store.read_file(store.child(location, STOPPED_FILE)) or "null")
+    except ValueError:  # torn by a kill while it was written: the stop stands
+        return {"epoch": None, "why": "stopped early", "time": None}
 
 
 def epochs_trained(location: Location) -> int:

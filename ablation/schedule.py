@@ -7,27 +7,38 @@ Tune runs left slots idle while the last rotation or random-init trials of the f
 None while the rest wait on a running trial, and FINISHED when nothing is left, so placement, retries,
 fractional GPUs and logging stay Tune's. The searcher holds no state worth saving: a rerun of the sweep
 plans again from the study directory, where each trial's own checkpoints are.
+With a tune block, a cell's chosen configuration is planned once its last search trial is done (`expand`),
+and `SearchScheduler` runs Tune's ASHA over each cell's search trials.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from .spec import Trial
+from .tuning import TuneBlock
 
 
 class DependencySearcher(Searcher):
     """Suggests `trials` (plan order: rotation runs first) as their dependencies finish. `finished` holds the
     keys of trials already finished in the study; `param(trial)` is the config Tune passes to the trainable."""
 
-    def __init__(self, trials: list[Trial], finished: set[str], param: Callable[[Trial], dict[str, Any]]):
+    def __init__(self, trials: list[Trial], finished: set[str], param: Callable[[Trial], dict[str, Any]],
+                 searching: dict[str, set[str]] | None = None,
+                 expand: Callable[[str, set[str]], list[Trial]] | None = None, stopped: set[str] | None = None):
+        """searching: cell -> keys of its search trials not done yet; expand(cell, failed keys) -> the trials of
+        the cell's choice, called once its search is done; stopped: keys ASHA stopped (SearchScheduler's)."""
         super().__init__()
         self._waiting = list(trials)
         self._finished = set(finished)
         self._param = param
         self._running: dict[str, Trial] = {}  # Tune trial id -> planned trial
+        self._searching = {cell: set(keys) for cell, keys in (searching or {}).items()}
+        self._expand = expand
+        self._stopped = stopped if stopped is not None else set()
         self.failed: set[str] = set()
         self.skipped: dict[str, str] = {}  # trial key -> why it was not run
 
@@ -38,10 +49,10 @@ class DependencySearcher(Searcher):
                 self._running[trial_id] = trial
                 return {"trial": self._param(trial)}
         if self._waiting and not self._running:  # what waits can no longer start: say why, do not hang
-            for trial in self._waiting:
-                self.skipped[trial.key] = "its rotation trial did not finish in this invocation"
-            self._waiting = []
-        return Searcher.FINISHED if not self._waiting else None
+            for trial in list(self._waiting):
+                self._skip(trial, "its rotation trial did not finish in this invocation")
+            return self.suggest(trial_id)  # a cell whose search just ended may have planned its choice
+        return Searcher.FINISHED if not self._waiting and not self._searching else None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Tune calls this once per trial: after its last retry failed (error), when it ended, or when it was
@@ -52,10 +63,28 @@ class DependencySearcher(Searcher):
         if error:
             self.failed.add(trial.key)
             for dependent in [t for t in self._waiting if t.depends_on == trial.key]:
-                self._waiting.remove(dependent)
-                self.skipped[dependent.key] = f"its rotation trial {trial.name} failed"
-        elif result and result.get("epoch", 0) >= result.get("epochs", float("inf")):
+                self._skip(dependent, f"its rotation trial {trial.name} failed")
+        elif result and result.get("epoch", 0) >= result.get("epochs", float("inf")) or trial.key in self._stopped:
             self._finished.add(trial.key)
+        if trial.search in self._searching and (trial.key in self._finished or error):
+            self._search_done(trial.search, trial.key)
+
+    def _skip(self, trial: Trial, why: str) -> None:
+        self._waiting.remove(trial)
+        self.skipped[trial.key] = why
+        if trial.search in self._searching:
+            self._search_done(trial.search, trial.key)
+
+    def _search_done(self, cell: str, key: str) -> None:
+        """A search trial of `cell` finished, was stopped, failed or was skipped: when it was the cell's last,
+        the cell's choice is planned (failed and skipped trials are not candidates)."""
+        left = self._searching[cell]
+        left.discard(key)
+        if not left:
+            del self._searching[cell]
+            known = {t.key for t in self._waiting} | {t.key for t in self._running.values()}
+            self._waiting += [t for t in self._expand(cell, self.failed | set(self.skipped))
+                              if t.key not in self._finished and t.key not in known]
 
     @property
     def pending(self) -> int:
@@ -66,3 +95,48 @@ class DependencySearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         pass
+
+
+class _Key:
+    """What ASHA keys its rungs by: the study's trial key (stable across invocations), not Tune's trial id."""
+
+    def __init__(self, key: str):
+        self.trial_id = key
+
+
+class SearchScheduler(FIFOScheduler):
+    """Tune's ASHA once per search cell (the cells' configurations compete within a cell only); every other
+    trial runs to its last epoch. `history` (key -> (cell, rows)) replays the epochs search trials reported in
+    earlier invocations, so a resumed search stops what the uninterrupted one would have. `on_stop(key,
+    epoch)` records a stop (the study's stopped.json) before Tune ends the trial."""
+
+    def __init__(self, block: TuneBlock, history: dict[str, tuple[str, list[dict]]],
+                 on_stop: Callable[[str, int], None]):
+        super().__init__()
+        self._block, self._on_stop = block, on_stop
+        self._cells: dict[str, AsyncHyperBandScheduler] = {}
+        self._seen: set[str] = set()
+        for key, (cell, rows) in history.items():
+            for row in rows:
+                self._decide(cell, key, row)
+
+    def _decide(self, cell: str, key: str, result: dict) -> str:
+        if cell not in self._cells:
+            self._cells[cell] = AsyncHyperBandScheduler(
+                time_attr="epoch", metric=self._block.metric, mode=self._block.mode, max_t=result["epochs"],
+                grace_period=min(self._block.grace_period, result["epochs"]),
+                reduction_factor=self._block.reduction_factor, stop_last_trials=False)
+        asha = self._cells[cell]
+        if key not in self._seen:
+            self._seen.add(key)
+            asha.on_trial_add(None, _Key(key))
+        return asha.on_trial_result(None, _Key(key), result)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        param = trial.config["trial"]
+        if not param.get("search") or result.get("epoch", 0) >= result.get("epochs", 0):
+            return TrialScheduler.CONTINUE
+        action = self._decide(param["search"], param["key"], result)
+        if action == TrialScheduler.STOP:
+            self._on_stop(param["key"], result["epoch"])
+        return action

@@ -15,6 +15,7 @@ rotation trial a pretrained fine-tune starts from), so a study can grow and stil
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -25,6 +26,7 @@ from typing import Any
 from . import store
 from .config import ConfigError, TrialConfig, coerce, unknown_key_message
 from .store import Location
+from .tuning import TuneBlock, configurations, parse_tune
 
 BOTH, PRETRAIN, FINETUNE = "", "pretrain", "finetune"  # the scope of an axis or a block
 STAGE_OF = {PRETRAIN: "rotation", FINETUNE: "finetune"}
@@ -35,7 +37,7 @@ SHORTHAND = {"seeds": (BOTH, "seed"), "stem": (BOTH, "stem"), "init": (FINETUNE,
 DEFAULT_AXES = {"seeds": [0], "init": ["pretrained", "random"], "freeze": [4, 0]}
 PLANNED = {"stage", "pretrained_from"}  # set by the planner only
 SPEC_KEYS = {"name", "description", "pretrain", "finetune", "resources", "max_failures", "max_concurrent", "axes",
-             *SHORTHAND}
+             "tune", *SHORTHAND}
 TRIALS_DIR = "trials"
 
 
@@ -57,6 +59,9 @@ class Trial:
     config: TrialConfig
     depends_on: str | None = None  # key of the rotation trial a pretrained fine-tune starts from
     pretrain: tuple = ()  # ((pretraining axis label, value), ...) of that rotation trial
+    search: str = ""  # the cell whose search this trial belongs to (tuning.py), "" for none
+    chosen: str = ""  # the cell whose chosen configuration this trial runs, "" for none
+    tuned: tuple = ()  # the keys the tune block searches (set on search and chosen trials)
 
     @property
     def dirname(self) -> str:
@@ -78,6 +83,7 @@ class Spec:
     max_failures: int = 2
     max_concurrent: int = 0
     description: str = ""
+    tune: TuneBlock | None = None
 
     @property
     def digest(self) -> str:
@@ -203,9 +209,15 @@ def parse_spec(raw: dict[str, Any], where: str, base: Path | None = None) -> Spe
             raise ConfigError(f"{where}: {key} must be an integer >= 0, got {raw[key]!r}")
     common.setdefault("data_dir", TrialConfig.data_dir)  # the default is relative too
     cpu, gpu = _resources(raw, where)
+    seeds = next(a.values for a in axes if a.key == "seed")
+    tune = parse_tune(raw.get("tune"), list(seeds), where)
+    for key in tune.keys if tune else ():
+        if key in blocks[FINETUNE] or any(a.key == key and a.scope in (BOTH, FINETUNE) for a in axes):
+            raise ConfigError(f"{where}: tune.space: {key} is searched and also fixed in finetune: or an axis; "
+                              f"keep one")
     return Spec(name=name, raw=json.loads(json.dumps(raw, default=str)), common=_absolute(common, base),
                 blocks=blocks, axes=axes, cpu=cpu, gpu=gpu, max_failures=raw.get("max_failures", 2),
-                max_concurrent=raw.get("max_concurrent", 0), description=str(raw.get("description", "")))
+                max_concurrent=raw.get("max_concurrent", 0), description=str(raw.get("description", "")), tune=tune)
 
 
 def _grid(axes: list[Axis]) -> list[dict[Axis, Any]]:
@@ -219,14 +231,19 @@ def _name(stage_part: str, seed: int, tags: list[tuple[str, Any]]) -> str:
     return "-".join([stage_part, *shown, f"s{seed}"])
 
 
-def plan(spec: Spec, study_dir: Location) -> list[Trial]:
-    """Every trial the spec asks for, rotation trials first, in a stable order, configs validated."""
+def plan(spec: Spec, study_dir: Location, choices: dict[str, dict] | None = None) -> list[Trial]:
+    """Every trial the spec asks for, rotation trials first, in a stable order, configs validated. With a tune
+    block: each cell's search trials, and its chosen configuration on every seed for the cells in `choices`
+    (cell -> tuning.choose's answer); a chosen trial that is a search trial is one trial, marked both."""
     shared = [a for a in spec.axes if a.scope == BOTH]
     pre_axes = [a for a in spec.axes if a.scope == PRETRAIN]
     ft_axes = [a for a in spec.axes if a.scope == FINETUNE]
     untagged = {"seed", "init", "freeze"}  # in every name already
     rotations: dict[str, Trial] = {}
-    finetunes: list[Trial] = []
+    finetunes: dict[str, Trial] = {}
+    block = spec.tune
+    searched = configurations(block) if block else [{}]
+    tuned = tuple(block.keys) if block else ()
 
     def config(scope: str, values: dict[Axis, Any], tid: str, extra: dict | None = None) -> TrialConfig:
         merged = {**spec.common, **spec.blocks[scope], **{a.key: v for a, v in values.items()}, **(extra or {}),
@@ -245,25 +262,59 @@ def plan(spec: Spec, study_dir: Location) -> list[Trial]:
     def values_seed(values: dict[Axis, Any]) -> int:
         return next((v for a, v in values.items() if a.key == "seed"), TrialConfig.seed)
 
+    def finetune(ft_values: dict[Axis, Any], pre_values: dict[Axis, Any], cell: str, nuisance: dict[str, Any],
+                 role: dict[str, Any]) -> None:
+        init = next(v for a, v in ft_values.items() if a.key == "init")
+        tags = [(a.key, v) for a, v in ft_values.items() if a.key not in untagged]
+        tags += [(a.label, v) for a, v in pre_values.items()] + list(nuisance.items())
+        freeze = next((v for a, v in ft_values.items() if a.key == "freeze"), TrialConfig.freeze)
+        name = _name(f"ft-{init}-f{freeze}", values_seed(ft_values), tags)
+        source = None
+        if init == "pretrained":
+            source = rotation({**{a: v for a, v in ft_values.items() if a.scope == BOTH}, **pre_values})
+        extra = {"pretrained_from": str(store.child(study_dir, TRIALS_DIR, source.dirname))} if source else {}
+        cfg = config(FINETUNE, ft_values, name, {**extra, **nuisance})
+        key = trial_key(cfg, source.key if source else None)
+        if key in finetunes:  # the chosen configuration on a search seed: the search trial itself
+            finetunes[key] = dataclasses.replace(finetunes[key], **role)
+            return
+        finetunes[key] = Trial(key, name, cfg, source.key if source else None,
+                               tuple((a.label, v) for a, v in pre_values.items()), **role)
+
     for ft_values in _grid(shared + ft_axes):
         init = next(v for a, v in ft_values.items() if a.key == "init")  # init always has an axis
         for pre_values in (_grid(pre_axes) if init == "pretrained" else [{}]):
-            tags = [(a.key, v) for a, v in ft_values.items() if a.key not in untagged]
-            tags += [(a.label, v) for a, v in pre_values.items()]
-            seed = values_seed(ft_values)
-            freeze = next((v for a, v in ft_values.items() if a.key == "freeze"), TrialConfig.freeze)
-            name = _name(f"ft-{init}-f{freeze}", seed, tags)
-            source = None
-            if init == "pretrained":
-                source = rotation({**{a: v for a, v in ft_values.items() if a.scope == BOTH}, **pre_values})
-            extra = {"pretrained_from": str(store.child(study_dir, TRIALS_DIR, source.dirname))} if source else {}
-            cfg = config(FINETUNE, ft_values, name, extra)
-            finetunes.append(Trial(trial_key(cfg, source.key if source else None), name, cfg,
-                                   source.key if source else None,
-                                   tuple((a.label, v) for a, v in pre_values.items())))
-    trials = list(rotations.values()) + finetunes
+            if not block:
+                finetune(ft_values, pre_values, "", {}, {})
+                continue
+            cell = cell_name(ft_values, pre_values)
+            if values_seed(ft_values) in block.seeds:
+                for nuisance in searched:
+                    finetune(ft_values, pre_values, cell, nuisance, {"search": cell, "tuned": tuned})
+            elif init == "pretrained":  # the rotation trial of every seed is wanted before the choice is known
+                rotation({**{a: v for a, v in ft_values.items() if a.scope == BOTH}, **pre_values})
+    for ft_values in _grid(shared + ft_axes) if block else ():  # chosen configurations, after every search trial
+        init = next(v for a, v in ft_values.items() if a.key == "init")
+        for pre_values in (_grid(pre_axes) if init == "pretrained" else [{}]):
+            choice = (choices or {}).get(cell_name(ft_values, pre_values)) or {}
+            if choice.get("values"):
+                finetune(ft_values, pre_values, "", choice["values"],
+                         {"chosen": cell_name(ft_values, pre_values), "tuned": tuned})
+    trials = list(rotations.values()) + list(finetunes.values())
     _check_unique(spec, trials)
+    if block and any(not t.config.val_split for t in trials if t.search):
+        raise ConfigError(f"{spec.name}: tune: the search selects on validation data; set val_split: N (e.g. 5000 "
+                          f"training images held out)")
     return trials
+
+
+def cell_name(ft_values: dict[Axis, Any], pre_values: dict[Axis, Any]) -> str:
+    """A scientific cell of fine-tuning: every axis value but the seed (what a tune block searches per cell)."""
+    init = next(v for a, v in ft_values.items() if a.key == "init")
+    freeze = next((v for a, v in ft_values.items() if a.key == "freeze"), TrialConfig.freeze)
+    tags = [(a.key, v) for a, v in ft_values.items() if a.key not in {"seed", "init", "freeze"}]
+    tags += [(a.label, v) for a, v in pre_values.items()]
+    return _name(f"ft-{init}-f{freeze}", 0, tags).rpartition("-")[0]
 
 
 def _check_unique(spec: Spec, trials: list[Trial]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import provenance, store
 from .config import UserError
-from .rundir import epochs_trained, read_rows
+from .rundir import epochs_trained, read_rows, stopped
 from .spec import TRIALS_DIR, Spec, Trial
 from .store import Location
 
@@ -32,8 +32,9 @@ LOCK = "driver.pid"
 TUNE_DIR = "tune"
 FORMAT = 2  # 1: phase1/phase2 Tune experiments (before 2026-12-01)
 # Trial states. "outside the current spec" is said beside the state, not instead of it.
-FINISHED, RUNNING, WAITING, INTERRUPTED, FAILED, SKIPPED, NOT_STARTED = (
-    "finished", "running", "waiting", "interrupted", "failed", "skipped", "not started")
+FINISHED, RUNNING, WAITING, INTERRUPTED, FAILED, SKIPPED, NOT_STARTED, STOPPED = (
+    "finished", "running", "waiting", "interrupted", "failed", "skipped", "not started", "stopped early")
+DONE = (FINISHED, STOPPED)  # nothing left to train: a rerun starts neither
 
 
 class StudyError(UserError):
@@ -111,7 +112,23 @@ def move_aside(study_dir: Path) -> Path:
 
 def trial_entry(trial: Trial) -> dict[str, Any]:
     return {"name": trial.name, "dir": trial.dirname, "config": trial.config.to_dict(),
-            "depends_on": trial.depends_on, "pretrain": [list(p) for p in trial.pretrain]}
+            "depends_on": trial.depends_on, "pretrain": [list(p) for p in trial.pretrain],
+            "search": trial.search, "chosen": trial.chosen, "tuned": list(trial.tuned)}
+
+
+def add_trials(study_dir: Location, manifest: dict[str, Any], trials: list[Trial],
+               choices: dict[str, dict]) -> None:
+    """Trials planned while the invocation runs (a cell's chosen configuration, once its search is done) join
+    the study's record, with the choices that made them."""
+    run = manifest["invocations"][-1]
+    for trial in trials:
+        if trial.key not in manifest["trials"]:
+            run["added"].append(trial.key)
+        if trial.key not in run["planned"]:
+            run["planned"].append(trial.key)
+        manifest["trials"][trial.key] = trial_entry(trial)
+    manifest.setdefault("choices", {}).update(choices)
+    save_manifest(study_dir, manifest)
 
 
 def begin(study_dir: Location, spec: Spec, spec_path: str, trials: list[Trial], data: dict[str, str],
@@ -188,8 +205,12 @@ def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -
         entry = manifest["trials"][key]
         location = trial_location(study_dir, entry)
         rows = read_rows(location)
+        reason = last.get("failed", {}).get(key) or last.get("skipped", {}).get(key, "")
         if is_finished(rows, entry["config"]):
             state = FINISHED
+        elif stop := stopped(location):
+            state = STOPPED
+            reason = f"by ASHA after epoch {stop['epoch']}"
         elif key in last.get("failed", {}):
             state = FAILED
         elif key in last.get("skipped", {}):
@@ -199,6 +220,5 @@ def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -
         else:
             state = INTERRUPTED if rows else NOT_STARTED
         out.append({"key": key, **entry, "location": location, "rows": rows, "trained": epochs_trained(location),
-                    "state": state, "current": key in current,
-                    "reason": last.get("failed", {}).get(key) or last.get("skipped", {}).get(key, "")})
+                    "state": state, "current": key in current, "reason": reason})
     return out

@@ -4,8 +4,8 @@ Why: a grid on a GPU box gets interrupted, and grows. Running the same command a
 continues the study: trials already finished (same config digest) are reused, interrupted ones continue
 from their own checkpoints (rundir.py), only new configs train. Each invocation is a fresh Tune run, so
 Tune's experiment state never has to match an edited spec; the study directory (study.py) is the record.
-Trials that need nothing go first; a pretrained fine-tune whose rotation trial was not finished when the
-invocation began waits for a second Tune run, which starts once its rotation trial is done.
+One Tune run per invocation starts each trial once its dependency is done (schedule.py); with a tune block,
+each cell's search runs first and its chosen configuration is planned when the search is done (tuning.py).
 <storage> is a local or shared path or a URI (store.py).
 """
 
@@ -21,8 +21,10 @@ import yaml
 
 from . import store, study
 from .config import ConfigError, UserError, read_yaml, unwritable
+from .rundir import mark_stopped, read_rows, stopped
 from .spec import Spec, Trial, parse_spec, plan, trial_dir
 from .store import Location
+from .tuning import choose
 
 LOGS_DIR = "logs"  # <study>/logs/runNNN.log: every event and epoch line of an invocation
 
@@ -65,8 +67,8 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     trackers = tracker_callbacks(callbacks, spec.name)  # a missing package fails before any work
     check_address(address)
     study_dir = store.child(storage if store.is_uri(storage) else Path(storage).expanduser().resolve(), spec.name)
-    trials = plan(spec, study_dir)
     old = study.check_claim(study_dir, fresh)
+    trials, choices = plan_study(spec, study_dir, fresh=fresh)
     from .data import preflight  # torch: only once the spec is known to be good
 
     data = preflight([t.config for t in trials])  # missing data fails before anything is written
@@ -79,8 +81,9 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
 
         check_nodes(Path(study_dir).parent, [t.config for t in trials])
     manifest = study.begin(study_dir, spec, spec_path, trials, data, old, slots)
+    study.add_trials(study_dir, manifest, [], choices)
     records = {r["key"]: r for r in study.trial_records(study_dir, manifest)}
-    done = {k for k, r in records.items() if r["state"] == study.FINISHED}
+    done = {k for k, r in records.items() if r["state"] in study.DONE}
     todo = [t for t in trials if t.key not in done]
     run = manifest["invocations"][-1]
     name = f"run{len(manifest['invocations']):03d}"
@@ -93,7 +96,7 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     skipped: dict[str, str] = {}
     try:
         epochs = sum(t.config.epochs - len(records[t.key]["rows"]) for t in todo)  # still to train
-        failed, skipped = run_tune(study_dir, name, todo, done, spec, gpu, verbose, trackers, log, epochs)
+        failed, skipped = run_tune(study_dir, name, todo, done, spec, gpu, verbose, trackers, log, epochs, manifest)
     finally:
         study.end(study_dir, manifest, failed, skipped)
     if failed or skipped:
@@ -105,6 +108,25 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
         return 1
     print(f"study {spec.name} finished; next: ablation report {study_dir}", flush=True)
     return 0
+
+
+def plan_study(spec: Spec, study_dir: Location, failed: set[str] = frozenset(),
+               fresh: bool = False) -> tuple[list[Trial], dict[str, dict]]:
+    """The spec's trials, with the chosen configuration of every cell whose search is done (read from the
+    study's trial dirs: finished, stopped early, or in `failed`), and those cells' choices."""
+    trials = plan(spec, study_dir)
+    if not spec.tune or fresh:
+        return trials, {}
+    cells: dict[str, list[dict]] = {}
+    for t in (t for t in trials if t.search):
+        location = trial_dir(study_dir, t)
+        rows = read_rows(location)
+        state = (study.FINISHED if study.is_finished(rows, t.config.to_dict()) else
+                 study.STOPPED if stopped(location) else "failed" if t.key in failed else "to do")
+        cells.setdefault(t.search, []).append({"values": {k: getattr(t.config, k) for k in t.tuned},
+                                               "seed": t.config.seed, "rows": rows, "state": state})
+    choices = {cell: c for cell, search in cells.items() if (c := choose(spec.tune, search)) is not None}
+    return plan(spec, study_dir, choices), choices
 
 
 def check_address(address: str | None, timeout: float = 5.0) -> None:
@@ -156,7 +178,8 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
 
 
 def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str], spec: Spec, gpu: float,
-             verbose: bool, trackers: list, log: Location, epochs: int) -> tuple[dict[str, str], dict[str, str]]:
+             verbose: bool, trackers: list, log: Location, epochs: int,
+             manifest: dict) -> tuple[dict[str, str], dict[str, str]]:
     """One Tune run over these trials, each started as soon as its dependency has finished (schedule.py).
     Returns ({key: Tune's error file} of trials that failed, {key: why} of trials skipped because of them)."""
     if not trials:
@@ -164,20 +187,52 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
     from ray import tune
 
     from .progress import Progress
-    from .schedule import DependencySearcher
+    from .schedule import DependencySearcher, SearchScheduler
     from .trainable import run_trial
 
     if not store.is_uri(study_dir):
         Path(study_dir, LOGS_DIR).mkdir(parents=True, exist_ok=True)
+    progress = Progress(len(trials), epochs, log)
+    searching: dict[str, set[str]] = {}
+    for t in trials:
+        if t.search:
+            searching.setdefault(t.search, set()).add(t.key)
+    stopped_keys: set[str] = set()
+
+    def expand(cell: str, failed: set[str]) -> list[Trial]:
+        """The cell's search is done: plan its choice, record it, hand its new trials to the searcher."""
+        planned, choices = plan_study(spec, study_dir, failed)
+        new = [t for t in planned if t.chosen == cell and not t.search and t.key not in done]  # a search trial
+        # of the chosen configuration is that cell's choice on its seed: it was counted and has run
+        study.add_trials(study_dir, manifest, [t for t in planned if t.chosen == cell], choices)
+        progress.add(len(new), sum(t.config.epochs for t in new))
+        choice = choices.get(cell) or {}
+        progress.event(f"chose    {cell}: {choice.get('values')} ({choice.get('metric', 'no finished trial')} "
+                       f"{choice.get('score') or 0:.4f}, {choice.get('tried')} tried, {choice.get('stopped')} "
+                       f"stopped early); {len(new)} trial(s) to train")
+        return new
+
+    def stop(key: str, epoch: int) -> None:
+        stopped_keys.add(key)
+        mark_stopped(trial_dir(study_dir, by_key[key]), epoch, "asha")
+
+    by_key = {t.key: t for t in trials}
     searcher = DependencySearcher(trials, done, lambda t: {
-        "key": t.key, "name": t.name, "config": t.config.to_dict(), "dir": str(trial_dir(study_dir, t)), "gpu": gpu})
+        "key": t.key, "name": t.name, "config": t.config.to_dict(), "dir": str(trial_dir(study_dir, t)), "gpu": gpu,
+        "search": t.search}, searching, expand, stopped_keys)
+    scheduler = None
+    if spec.tune and spec.tune.scheduler == "asha":
+        history = {t.key: (t.search, rows) for t in trials if t.search and (rows := read_rows(trial_dir(study_dir, t)))}
+        scheduler = SearchScheduler(spec.tune, history, stop)
+    seeds = next(a.values for a in spec.axes if a.key == "seed")
+    bound = len(trials) + len(searching) * len(seeds)  # + each searching cell's choice on every seed
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": spec.cpu, "gpu": gpu}),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(trials), reuse_actors=True,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=bound, reuse_actors=True,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
                                     max_concurrent_trials=spec.max_concurrent or None),
         run_config=tune.RunConfig(name=name, storage_path=str(store.child(study_dir, study.TUNE_DIR)),
-                                  verbose=1 if verbose else 0, callbacks=[Progress(len(trials), epochs, log), *trackers],
+                                  verbose=1 if verbose else 0, callbacks=[progress, *trackers],
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
     )
     results = tuner.fit()

@@ -3,7 +3,9 @@
 Why: one loop serves `ablation train`, every Ray Tune trial and the benchmark, so a result means the same
 thing everywhere. It chooses no file paths and imports no Ray: after each epoch it hands the metrics row
 and a complete state (model, optimizer, scheduler, every RNG it uses, metrics history) to a callback.
-A run resumed from that state ends bit-identical on CPU to one that never stopped.
+A run resumed from that state ends bit-identical on CPU to one that never stopped. Rows also carry the
+evidence report/checks.py judges: `frozen_intact` on every epoch of a frozen fine-tune, `backbone_digest` on
+a rotation run's last epoch.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from torch import nn
 from . import data as D
 from .checkpoint import resolve_pretrained
 from .config import ConfigError, TrialConfig
-from .models import apply_freeze, build_model, load_backbone, set_train_mode, weights_digest
+from .models import (apply_freeze, backbone_state, build_model, frozen_digest, load_backbone, set_train_mode,
+                     weights_digest)
 
 EpochCallback = Callable[[dict[str, Any], dict[str, Any]], None]
 
@@ -87,6 +90,7 @@ class Setup:
     bf16: bool
     channels_last: bool
     pretrained_digest: str = ""  # weights_digest of the loaded backbone, "" for random init
+    frozen_digest: str = ""  # models.frozen_digest right after loading and freezing, "" when nothing is frozen
     val_x: torch.Tensor | None = None  # the validation split (val_split), None when off
     val_y: torch.Tensor | None = None
 
@@ -103,7 +107,9 @@ def build(cfg: TrialConfig, data: D.Data | None = None) -> Setup:
         backbone = resolve_pretrained(cfg.pretrained_from)
         load_backbone(model, backbone)
         pretrained_digest = weights_digest(backbone)
-    apply_freeze(model, cfg.freeze if cfg.stage == "finetune" else 0)
+    freeze = cfg.freeze if cfg.stage == "finetune" else 0
+    apply_freeze(model, freeze)
+    frozen = frozen_digest(model, freeze)  # the reference every epoch is checked against (resume rebuilds it)
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -121,7 +127,7 @@ def build(cfg: TrialConfig, data: D.Data | None = None) -> Setup:
                  train_x=data.train.x.to(device), train_y=data.train.y.to(device),
                  test_x=data.test.x.to(device), test_y=data.test.y.to(device),
                  mean=as_stat(data.mean), std=as_stat(data.std), data=data, bf16=bf16, channels_last=channels_last,
-                 pretrained_digest=pretrained_digest,
+                 pretrained_digest=pretrained_digest, frozen_digest=frozen,
                  val_x=None if data.val is None else data.val.x.to(device),
                  val_y=None if data.val is None else data.val.y.to(device))
 
@@ -238,6 +244,10 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
                "epoch_time_s": time.perf_counter() - t0, "train_images_per_s": seen / train_time,
                "device": device_name(s.device), "host": platform.node(), "node": node,  # where it was measured
                **val}
+        if s.frozen_digest:  # checked every epoch, so the record says the frozen groups never moved
+            row["frozen_intact"] = frozen_digest(s.model, cfg.freeze) == s.frozen_digest
+        if cfg.stage == "rotation" and epoch == cfg.epochs:  # what a pretrained fine-tune must record loading
+            row["backbone_digest"] = weights_digest(backbone_state(s.model))  # as its pretrained_digest
         history.append(row)
         state = copy.deepcopy({  # a snapshot: the callback may keep it while training goes on
             "epoch": epoch, "epochs": cfg.epochs, "config": cfg.to_dict(), "model": s.model.state_dict(),

@@ -12,6 +12,7 @@ import yaml
 from ablation.config import ConfigError, TrialConfig
 from ablation.spec import FINETUNE, PRETRAIN, parse_spec, plan
 from ablation.sweep import load_spec
+from ablation.tuning import configurations
 
 SPECS = sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml"))
 BASE = {"name": "s", "dataset": "fashion-mnist", "seeds": [0, 1]}
@@ -31,6 +32,9 @@ def test_spec_plans_a_consistent_grid(path, tmp_path):
     inits = next(a.values for a in spec.axes if a.key == "init")
     pre_only = math.prod(len(a.values) for a in spec.axes if a.scope == PRETRAIN)
     n_ft = size[FINETUNE] // len(inits) * sum(pre_only if i == "pretrained" else 1 for i in inits)
+    if spec.tune:  # each cell's configurations on the search seeds; the choices come once the search is done
+        seeds = next(a.values for a in spec.axes if a.key == "seed")
+        n_ft = n_ft // len(seeds) * len(spec.tune.seeds) * len(configurations(spec.tune))
     rotation = {t.key: t for t in trials if t.config.stage == "rotation"}
     assert len(trials) - len(rotation) == n_ft and len({t.key for t in trials}) == len(trials)
     assert len(rotation) == (size[PRETRAIN] if "pretrained" in inits else 0)

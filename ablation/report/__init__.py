@@ -4,6 +4,7 @@ Imports pandas, numpy, scipy, matplotlib and seaborn only (never torch or Ray), 
 written on any machine that holds the study's files, while the sweep runs elsewhere.
 
     frames     study dir -> epochs and trials frames
+    checks     each trial's checks of the classic bugs (frozen groups moved, wrong or unwanted backbone)
     stats      t-intervals over seeds, paired t-test
     reference  the original report's numbers
     tables     numeric summary tables;  render: their Markdown / LaTeX text

@@ -13,12 +13,14 @@ import pandas as pd
 
 from ..atomic import write_atomic
 from . import render
+from .checks import NOTE, warnings
 from .figures import write_figures
 from .findings import findings, header, trial_state
-from .frames import load_study
+from .frames import load_study, search_only
 from .tables import Table, build_tables
 
-TRIAL_COLUMNS = ["trial", "key", "state", "best acc (%)", "final acc (%)", "wall time (s)", "ran on (host/node)"]
+TRIAL_COLUMNS = ["trial", "key", "state", "best acc (%)", "final acc (%)", "wall time (s)", "ran on (host/node)",
+                 "checks"]
 
 
 def write_frame(frame: pd.DataFrame, outdir: Path, name: str) -> None:
@@ -40,15 +42,17 @@ def trials_table(trials: pd.DataFrame) -> Table:
     frame = trials.assign(**{"key": trials["key"].str[:10], "state": trials.apply(trial_state, axis=1),
                              "best acc (%)": trials["best_test_acc"] * 100,
                              "final acc (%)": trials["final_test_acc"] * 100, "wall time (s)": trials["wall_time_s"],
-                             "ran on (host/node)": trials["ran_on"].fillna("")})
+                             "ran on (host/node)": trials["ran_on"].fillna(""), "checks": trials["checks"].fillna("")})
     return Table("trial_states", "Trials", frame[TRIAL_COLUMNS], ["best / final = test accuracy at the best / last "
-                                                                  "reported epoch; wall time = sum of epoch times."],
+                                                                  "reported epoch; wall time = sum of epoch times.",
+                                                                  NOTE],
                  keys=["trial", "key", "state"])
 
 
 def report_text(manifest: dict, epochs: pd.DataFrame, trials: pd.DataFrame, tables: list[Table],
                 figures: list[tuple[str, str]]) -> str:
-    lines = [f"# Ablation report: {manifest.get('study', '?')}", "", *header(manifest, trials, epochs), "",
+    lines = [f"# Ablation report: {manifest.get('study', '?')}", "", *(f"{w}\n" for w in warnings(trials)),
+             *header(manifest, trials, epochs), "",
              "## Findings", "", *(f"- {s}" for s in findings(trials, tables)), "", "## Tables", "",
              "Each table is also in `tables/` as Markdown, LaTeX (`.tex`) and CSV; the tidy per-epoch and per-trial "
              "data are `tables/epochs.{csv,parquet}` and `tables/trials.{csv,parquet}`.", ""]
@@ -72,10 +76,13 @@ def write_report(study_dir: Path) -> Path:
     (out / "figures").mkdir(parents=True, exist_ok=True)
     write_frame(epochs, out / "tables", "epochs")
     write_frame(trials, out / "tables", "trials")
-    tables = build_tables(trials)
+    tables = build_tables(trials, manifest.get("choices", {}))
     for table in tables:
         write_table(table, out / "tables")
     effect = next((t.frame for t in tables if t.name == "pretraining_effect"), pd.DataFrame())
-    figures = write_figures(epochs, trials[trials["current"]], effect, out / "figures")
+    current = trials[trials["current"]]
+    cells = current[~search_only(current)]
+    figures = write_figures(epochs[epochs["key"].isin(cells["key"])], cells, effect, out / "figures",
+                            current[current["search"].fillna("").ne("")])
     write_atomic(out / "report.md", report_text(manifest, epochs, trials, tables, figures))
     return out / "report.md"

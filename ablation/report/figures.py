@@ -18,7 +18,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ..atomic import write_atomic
 from . import render
@@ -177,6 +177,44 @@ def pretraining_gap(epochs, trials, effect):
     return fig
 
 
+def validation_by(x: str):
+    """Figure maker over a cell's search trials: the best validation accuracy of each against searched key x,
+    a line per init through the finished ones, a cross where ASHA stopped one, a star at each cell's choice
+    (the tuning playbook's view of a scientific comparison at its best nuisance values)."""
+
+    def make(epochs, search, effect):
+        s = search.dropna(subset=[x, "best_val_acc"])
+        if s.empty or s[x].astype(str).nunique() < 2:
+            return None
+        position, log = _positions(list(s[x].unique()))
+        s = s.assign(variant=variants(s, [k for k in cell_keys(s) if k != "init"]))
+        panels = sorted(s["variant"].unique())
+        fig, axes = _grid(1, len(panels), f"Validation accuracy of each search trial by {render.label(x)} "
+                                          f"(best epoch; x = stopped early by ASHA, * = the cell's choice)")
+        for ax, variant in zip(axes[0], panels):
+            for init, g in s[s["variant"] == variant].groupby("init"):
+                color = COLORS.get(init)
+                done = g[g["finished"]].sort_values(x)
+                ax.plot(done[x], done["best_val_acc"] * 100, marker="o", color=color, label=init)
+                cut = g[~g["finished"]]
+                ax.scatter(cut[x], cut["best_val_acc"] * 100, marker="x", color=color)
+                chosen = g[g["chosen"].fillna("").ne("")]
+                ax.scatter(chosen[x], chosen["best_val_acc"] * 100, marker="*", s=180, color=color, zorder=3)
+            if log:
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.minorticks_off()
+            _label(ax, variant, render.label(x) + (" (log scale)" if log else ""), "validation accuracy (%)", "init")
+        return fig
+
+    return make
+
+
+def search_makers(search: pd.DataFrame) -> dict:
+    tuned = sorted({k for t in search["tuned"].dropna() for k in str(t).split(",") if k})
+    return {f"validation_by_{k}": validation_by(k) for k in tuned}
+
+
 def figure_makers(trials: pd.DataFrame) -> dict:
     """The figures of this study: the fixed ones, and accuracy against each fine-tuning axis that varies."""
     by_axis = {f"accuracy_by_{k.replace('.', '_')}": accuracy_by(k) for k in _ft_variant_keys(trials, ("init",))}
@@ -192,11 +230,16 @@ def save(fig: Figure, outdir: Path, name: str) -> None:
         write_atomic(outdir / f"{name}.{ext}", buf.getvalue())
 
 
-def write_figures(epochs: pd.DataFrame, trials: pd.DataFrame, effect: pd.DataFrame, outdir: Path) -> list[tuple]:
-    """Draw every figure the data supports; [(file stem, title)] of those written."""
+def write_figures(epochs: pd.DataFrame, trials: pd.DataFrame, effect: pd.DataFrame, outdir: Path,
+                  search: pd.DataFrame | None = None) -> list[tuple]:
+    """Draw every figure the data supports; [(file stem, title)] of those written. trials: the study's cells
+    (search-only trials left out); search: the tune block's search trials, when there are any."""
     written = []
-    for name, make in figure_makers(trials).items():
-        fig = make(epochs, trials, effect)
+    makers = {name: (make, trials) for name, make in figure_makers(trials).items()}
+    if search is not None and len(search):
+        makers.update({name: (make, search) for name, make in search_makers(search).items()})
+    for name, (make, frame) in makers.items():
+        fig = make(epochs, frame, effect)
         if fig is not None:
             save(fig, outdir, name)
             written.append((name, fig.get_suptitle().replace("\n", " ")))

@@ -32,6 +32,7 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
     for source, fp in manifest.get("data", {}).items():
         prints.setdefault(source.split(":")[0], []).append(fp)
     current = trials[trials["current"]]
+    stopped = int((current["state"] == study.STOPPED).sum())
     datasets = sorted(set(current["dataset"]))
     last = runs[-1] if runs else {}
     lines = [f"- Study: **{manifest.get('study', '?')}**" + (f" — {manifest['description']}"
@@ -41,7 +42,8 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
              "- Code version: " + ", ".join(versions) + (" (runs used more than one)" if len(versions) > 1 else ""),
              f"- Spec digest: {last.get('spec_digest', '?')} (invocation {len(runs)} of the study); created "
              f"{manifest.get('created', '?')}",
-             f"- Trials finished: {int(current['finished'].sum())} of {len(current)} planned"]
+             f"- Trials finished: {int(current['finished'].sum())} of {len(current)} planned"
+             + (f" ({stopped} search trial(s) stopped early by ASHA: done, not unfinished)" if stopped else "")]
     outside = len(trials) - len(current)
     if outside:
         lines.append(f"- {outside} trial(s) of earlier specs lie outside the current spec: kept on disk, listed "
@@ -135,7 +137,7 @@ def findings(trials: pd.DataFrame, tables: list[Table]) -> list[str]:
         out.append(f"This study used {', '.join(sorted(datasets))}; the report's numbers are for "
                    f"{reference.REPORT_DATASET} (ResNet18, ImageNet stem, {reference.REPORT_FINETUNE_EPOCHS} fine-tune "
                    f"epochs), so comparisons with them are not meaningful here; they are shown for context only.")
-    unfinished = trials[~trials["finished"]]
+    unfinished = trials[~trials["finished"] & (trials["state"] != study.STOPPED)]
     if len(unfinished):
         out.append(f"{len(unfinished)} of {len(trials)} planned trials are unfinished: tables use finished trials only "
                    f"(cells without any show —); learning curves show every reported epoch. See Trials below.")

@@ -4,7 +4,8 @@ Why: every table, figure and finding is computed from these frames. The study's 
 study.py (the one owner of the layout and of trial states); the cells are derived here, from the data: every
 config key that varies across the current spec's trials of a stage, other than the seed, is a cell key.
 A key the report was never taught about still separates cells, so trials of two cells are never pooled as
-if they were seeds. A pretrained fine-tune also carries its rotation trial's config as `pretrain.<key>`.
+if they were seeds. A pretrained fine-tune also carries its rotation trial's config as `pretrain.<key>`, and
+every trial the result of its checks (checks.py), which need its rotation trial's rows too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 
 from ..config import LOCATION_KEYS, TrialConfig
 from ..study import FINISHED, read_manifest, trial_records
+from .checks import trial_checks
 
 CONFIG_KEYS = [k for k in TrialConfig.fields() if k not in LOCATION_KEYS]
 NOT_CELL = {"seed", "pretrain.seed", "stage", "crash_at_epoch"}  # seeds are what a cell averages over
@@ -25,7 +27,9 @@ EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_
               "train_images_per_s": "train_images_per_s", "data_fingerprint": "data_fingerprint", "device": "trained_on",
               "host": "host", "node": "node", "val_loss": "val_loss", "val_acc": "val_acc"}
 SUMMARY = ["state", "current", "finished", "epochs_done", "trained", "final_test_acc", "best_test_acc", "best_epoch",
-           "lowest_test_loss", "wall_time_s", "pretrained_digest", "ran_on", "best_val_epoch", "test_acc_at_best_val"]
+           "lowest_test_loss", "wall_time_s", "pretrained_digest", "ran_on", "best_val_epoch", "test_acc_at_best_val",
+           "best_val_acc", "checks"]
+ROLE = ["search", "chosen", "tuned"]  # a tune block's search cell, chosen cell, searched keys ("" for none)
 
 
 def _config_columns(record: dict[str, Any], by_key: dict[str, dict]) -> dict[str, Any]:
@@ -46,7 +50,8 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
     at_val = {}
     if all("val_acc" in r for r in rows):  # selected on validation data: no look at the test set
         chosen = max(range(len(rows)), key=lambda i: rows[i]["val_acc"])
-        at_val = {"best_val_epoch": rows[chosen]["epoch"], "test_acc_at_best_val": accs[chosen]}
+        at_val = {"best_val_epoch": rows[chosen]["epoch"], "test_acc_at_best_val": accs[chosen],
+                  "best_val_acc": rows[chosen]["val_acc"]}
     return {**at_val, "epochs_done": rows[-1]["epoch"], "final_test_acc": accs[-1], "best_test_acc": accs[best],
             "ran_on": ", ".join(nodes),
             "best_epoch": rows[best]["epoch"], "lowest_test_loss": min(r["test_loss"] for r in rows),
@@ -64,23 +69,27 @@ def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFr
         base = {"trial": r["name"], "key": r["key"], **_config_columns(r, by_key)}
         columns.update(dict.fromkeys(base))
         trial_rows.append({**base, "state": r["state"], "current": r["current"], "finished": r["state"] == FINISHED,
-                           "trained": r["trained"], **_summary(r)})
+                           "trained": r["trained"], **_summary(r), "checks": trial_checks(r, by_key),
+                           "search": r.get("search", ""), "chosen": r.get("chosen", ""),
+                           "tuned": ",".join(r.get("tuned", []))})
         if r["current"]:
             epoch_rows += [{**base, **{new: row.get(old) for old, new in EPOCH_KEYS.items()}} for row in r["rows"]]
     # pretrain.<key> columns that are the same for every pretrained trial say nothing: the rotation rows show them
     columns = {c: None for c in columns if not c.startswith("pretrain.")
                or len({str(r.get(c)) for r in trial_rows if c in r}) > 1}
-    trials = pd.DataFrame(trial_rows, columns=[*columns, *SUMMARY])
+    trials = pd.DataFrame(trial_rows, columns=[*columns, *SUMMARY, *ROLE])
     trials["epochs_done"] = trials["epochs_done"].fillna(0).astype(int)
     epochs = pd.DataFrame(epoch_rows, columns=[*columns, *EPOCH_KEYS.values()])
     return manifest, epochs, trials
 
 
 def cell_keys(trials: pd.DataFrame) -> list[str]:
-    """Keys whose values differ across these (current) trials, seed aside: what tells their cells apart."""
+    """Keys whose values differ across these (current) trials, seed aside: what tells their cells apart. Keys a
+    tune block searched are not: each cell runs at its own chosen values of them (tables.tuning_choices)."""
     keys = []
+    tuned = {k for t in trials.get("tuned", pd.Series(dtype=object)).dropna() for k in str(t).split(",") if k}
     for column in trials.columns:
-        if column in NOT_CELL or column in SUMMARY or column in ("trial", "key"):
+        if column in NOT_CELL or column in SUMMARY or column in ("trial", "key") or column in tuned:
             continue
         if column not in CONFIG_KEYS and not column.startswith("pretrain."):
             continue
@@ -88,6 +97,11 @@ def cell_keys(trials: pd.DataFrame) -> list[str]:
         if values.astype(str).nunique() > 1:
             keys.append(column)
     return keys
+
+
+def search_only(trials: pd.DataFrame) -> pd.Series:
+    """Trials that only searched a cell's nuisance values (not its choice): kept out of the cell tables."""
+    return trials["search"].fillna("").ne("") & trials["chosen"].fillna("").eq("")
 
 
 def groups(frame: pd.DataFrame, keys: list[str]):

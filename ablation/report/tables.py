@@ -16,7 +16,7 @@ from typing import Callable
 import pandas as pd
 
 from . import reference
-from .frames import cell_keys, groups
+from .frames import cell_keys, groups, search_only
 from .stats import Interval, paired_test, t_interval
 
 SETUP = ["dataset", "epochs"]  # shown in every table (in its caption when constant): which study this is
@@ -123,10 +123,34 @@ def _keys(*groups_of_keys: list[str]) -> list[str]:
     return out
 
 
-def build_tables(trials: pd.DataFrame) -> list[Table]:
+TUNING_NOTE = ("Each cell (every axis value but the seed) searched the same configurations on its search seeds; "
+               "the chosen one has the best validation score (its best epoch, mean over the search seeds, finished "
+               "trials only) and runs on every seed of the study: the tables above compare the cells at their "
+               "chosen configurations. stopped early = by Tune's ASHA, within the cell. The test set played no part.")
+
+
+def tuning_choices(trials: pd.DataFrame, choices: dict[str, dict]) -> pd.DataFrame:
+    """One row per searched cell: its chosen values and validation score (tuning.choose's, as recorded by the
+    sweep), the configurations tried, and how many search trials finished or were stopped early."""
+    search = trials[trials["current"] & trials["search"].fillna("").ne("")]
+    rows = []
+    for cell, g in search.groupby("search", sort=False):
+        tuned = str(g["tuned"].iloc[0]).split(",")
+        choice = choices.get(cell) or {}
+        values = choice.get("values") or {}
+        scale = 100.0 if choice.get("metric", "val_acc").endswith("acc") else 1.0
+        rows.append({"cell": cell, **{k: values.get(k, float("nan")) for k in tuned},
+                     "chosen on": choice.get("metric", "still searching" if not choice else "no trial finished"),
+                     "val score": choice["score"] * scale if choice.get("score") is not None else float("nan"),
+                     "configurations": g[tuned].astype(str).drop_duplicates().shape[0], "search trials": len(g),
+                     "finished": int(g["finished"].sum()), "stopped early": int((g["state"] == "stopped early").sum())})
+    return pd.DataFrame(rows)
+
+
+def build_tables(trials: pd.DataFrame, choices: dict[str, dict] | None = None) -> list[Table]:
     """Every table the current spec's trials support, in report order (absent data: table left out). The
     freeze 4 / freeze 0 tables are the report's protocol; the rest follow whatever keys vary."""
-    current = trials[trials["current"]]
+    current = trials[trials["current"] & ~search_only(trials)]  # a cell's search is its own table
     rotation = current[current["stage"] == "rotation"]
     finetune = current[current["stage"] == "finetune"]
     tables = []
@@ -156,4 +180,7 @@ def build_tables(trials: pd.DataFrame) -> list[Table]:
             tables.append(Table("pretraining_effect", "Effect of rotation pretraining: pretrained - random, paired by "
                                 "seed (points of test accuracy)", effect, [EFFECT_NOTE, *notes[1:]],
                                 keys=[k for k in keys if k != "init"]))
+    if "search" in trials and trials["search"].fillna("").ne("").any():
+        tables.append(Table("tuning_choices", "Each cell's chosen nuisance hyperparameters (validation split)",
+                            tuning_choices(trials, choices or {}), [TUNING_NOTE], keys=["cell"]))
     return tables
