@@ -290,3 +290,21 @@ def test_the_epoch_chosen_on_validation_data_gives_the_test_accuracy_reported_fo
     assert summary["test_acc_at_best_val"] == 0.60  # not the best test epoch: chosen without the test set
     assert "test_acc_at_best_val" not in _summary({"rows": [{k: v for k, v in r.items() if k != "val_acc"}
                                                              for r in rows]})
+
+
+def test_a_validated_effect_finding_states_the_difference_at_the_epoch_chosen_on_validation_data():
+    import pandas as pd
+
+    from ablation.report.findings import effect_findings
+    from ablation.report.tables import GAP_AT_VAL, GAP_BEST, GAP_FINAL, Table
+
+    row = {"freeze": 0, "n pairs": 3}
+    for m, mean in ((GAP_BEST, 5.0), (GAP_FINAL, 4.0), (GAP_AT_VAL, 1.5)):
+        row.update({f"{m.label} mean": mean, f"{m.label} std": 1.0, f"{m.label} CI low": mean - 2,
+                    f"{m.label} CI high": mean + 2, f"{m.label} p": 0.2})
+    (text,) = effect_findings(Table("pretraining_effect", "t", pd.DataFrame([row]), keys=["freeze"]))
+    assert "best-epoch test accuracy by +5.00 points" in text
+    assert "At the epoch chosen on validation data: +1.50 points, 95% CI [-0.50, +3.50], paired p = 0.200" in text
+    del row[f"{GAP_AT_VAL.label} mean"]
+    (plain,) = effect_findings(Table("pretraining_effect", "t", pd.DataFrame([row]), keys=["freeze"]))
+    assert "validation" not in plain

@@ -13,7 +13,7 @@ import pandas as pd
 from .. import study
 from . import reference
 from .render import MISSING, fmt, variants
-from .tables import GAP_BEST, GAP_FINAL, ROTATION_METRICS, Table
+from .tables import GAP_AT_VAL, GAP_BEST, GAP_FINAL, ROTATION_METRICS, Table
 
 FREEZE_NAMES = {0: "full fine-tuning (freeze 0)", 4: "partial fine-tuning (freeze 4)"}
 
@@ -115,6 +115,10 @@ def effect_findings(table: Table) -> list[str]:
                 f"(final epoch: {fmt(f + ' mean', row[f + ' mean'])} points, {_ci(row, f)}")
         ref = row.get(f"{b} report")
         text += f"; report: {fmt(b + ' mean', ref)} points)." if pd.notna(ref) else ")."
+        v = GAP_AT_VAL.label
+        if f"{v} mean" in row and pd.notna(row[f"{v} mean"]):  # the unbiased number, chosen without the test set
+            text += (f" At the epoch chosen on validation data: {fmt(v + ' mean', row[v + ' mean'])} points, "
+                     f"{_ci(row, v)}, paired p = {fmt(v + ' p', row[v + ' p']).replace(MISSING, 'n/a')}.")
         out.append(text)
     return out
 
@@ -146,6 +150,10 @@ def findings(trials: pd.DataFrame, tables: list[Table]) -> list[str]:
         out += rotation_findings(by_name["rotation"])
     if "pretraining_effect" in by_name:
         out += effect_findings(by_name["pretraining_effect"])
+    if "tuning_choices" in by_name:
+        out.append("Each fine-tuning cell ran at its own chosen configuration (see the choices table): the "
+                   "comparisons above are the tuning playbook's, each side at its best nuisance values on validation "
+                   "data.")
     if not out:
         out.append("No results yet.")
     return out
