@@ -8,8 +8,8 @@ sha256 of state.pt). The same layout serves `ablation train` run dirs and Ray Tu
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -38,16 +38,35 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+class _Hashing:
+    """A file that hashes what is written to it: torch.save streams into the file and the hash in one pass
+    (no in-memory copy of a 90 MB state)."""
+
+    def __init__(self, fh):
+        self.fh, self.sha256 = fh, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
-    """Write state into directory (created); meta.json goes last, so a checkpoint without it is incomplete."""
+    """Write state into directory (created); meta.json goes last, so a checkpoint without it is incomplete.
+    state.pt is written as write_atomic does (temp file, fsync, rename), hashed while it is written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    blob = buf.getvalue()
-    write_atomic(directory / STATE_FILE, blob)
+    tmp = directory / f".{STATE_FILE}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        out = _Hashing(fh)
+        torch.save(state, out)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, directory / STATE_FILE)
     meta = {"epoch": state["epoch"], "epochs": state["epochs"], "stage": state["config"]["stage"],
-            "sha256": hashlib.sha256(blob).hexdigest()}
+            "sha256": out.sha256.hexdigest()}
     write_atomic(directory / META_FILE, json.dumps(meta, indent=1))
     return directory
 

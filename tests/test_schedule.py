@@ -87,3 +87,18 @@ def test_the_console_gets_a_line_per_event_and_a_summary_the_log_every_epoch(tmp
     assert out[-1].endswith("1/2 trials done, 0 running, 0 waiting, 1 failed; 2/3 epochs; 0:00 elapsed, ETA 0:00")
     text = log.read_text()
     assert text.count("rot-s0 epoch ") == 2 and "FAILED" in text
+
+
+def test_the_longest_ready_trial_starts_first_so_no_slot_idles_at_the_end():
+    from ablation.schedule import work
+
+    spec = parse_spec({"name": "s", "dataset": "fashion-mnist", "seeds": [0], "freeze": [4, 0, 5]}, where="t")
+    planned = plan(spec, Path("/tmp/s"))
+    s = make(planned)
+    order = names([s.suggest(f"t{i}") for i in range(4)])
+    assert order == ["rot-s0", "ft-random-f0-s0", "ft-random-f4-s0", "ft-random-f5-s0"]  # plan order: f4 first
+    by_name = {t.name: t for t in planned}
+    assert work(by_name["ft-random-f0-s0"]) > work(by_name["ft-random-f4-s0"]) > work(by_name["ft-random-f5-s0"])
+    all4 = plan(parse_spec({"name": "s", "dataset": "fashion-mnist", "seeds": [0], "freeze": [4],
+                            "pretrain": {"rotation_mode": "all4"}}, where="t"), Path("/tmp/s"))
+    assert work(all4[0]) > work(planned[0])  # all four turns of every image train
