@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .study import trial_records
+from .study import read_manifest, trial_records
 
 COLUMNS = ("trial", "key", "state", "epochs", "test_acc", "last on")
 
 
 def print_status(study_dir: Path) -> int:
-    records = trial_records(study_dir)
+    manifest = read_manifest(study_dir)
+    records = trial_records(study_dir, manifest)
     rows = []
     for r in records:
         last = r["rows"][-1] if r["rows"] else {}
@@ -32,6 +33,12 @@ def print_status(study_dir: Path) -> int:
         if r["current"]:
             counts[r["state"]] = counts.get(r["state"], 0) + 1
     print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials")
+    for cell, choice in (manifest.get("choices") or {}).items():  # a tune block's choices (tuning.py)
+        values = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in (choice.get("values") or {}).items()) or "none (no search trial finished)"
+        score = f" ({choice['metric']} {choice['score']:.4f})" if choice.get("score") is not None else ""
+        print(f"chosen for {cell}: {values}{score}, {choice.get('tried')} configurations tried, "
+              f"{choice.get('stopped')} search trials stopped early")
     if outside:
         print(f"\n{len(outside)} trial(s) outside the current spec (kept on disk, not in the report):")
         _print_table(outside)

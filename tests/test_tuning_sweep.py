@@ -4,6 +4,8 @@ report at the choices, growth by a seed, and a driver killed during the search (
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -41,6 +43,10 @@ def test_each_cell_is_reported_at_its_chosen_config_and_a_new_seed_trains_only_i
     chosen = {r["chosen"]: r for r in trial_records(study) if r["chosen"]}
     for cell, record in chosen.items():  # on the search seed, the choice is the search trial itself
         assert record["search"] == cell and record["config"]["lr"] == choices[cell]["values"]["lr"]
+    status = subprocess.run([sys.executable, "-m", "ablation.cli", "status", str(study)], capture_output=True,
+                            text=True, check=True).stdout
+    for cell, c in choices.items():
+        assert f"chosen for {cell}: lr={c['values']['lr']:g} (val_acc {c['score']:.4f})" in status
     first = trained_by_trial(study)
     assert all(r["trained"] == len(r["rows"]) for r in trial_records(study))  # no epoch trained twice
 
