@@ -7,6 +7,7 @@ sha256 of state.pt). The same layout serves `ablation train` run dirs and Ray Tu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -53,13 +54,28 @@ class _Hashing:
         self.fh.flush()
 
 
+@contextlib.contextmanager
+def _without_zip_crc32():
+    """torch.save's per-record CRC32 doubles its time (0.04 -> 0.12 s for 90 MB here) and torch.load never
+    checks it; the sha256 in meta.json is the check that is read. Off while we save, as it was after."""
+    get, put = (getattr(torch.serialization, f"{v}_crc32_options", None) for v in ("get", "set"))
+    before = get() if get else None
+    if put:
+        put(False)
+    try:
+        yield
+    finally:
+        if put and before is not None:
+            put(before)
+
+
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     """Write state into directory (created); meta.json goes last, so a checkpoint without it is incomplete.
     state.pt is written as write_atomic does (temp file, fsync, rename), hashed while it is written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{STATE_FILE}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
+    with open(tmp, "wb") as fh, _without_zip_crc32():
         out = _Hashing(fh)
         torch.save(state, out)
         fh.flush()

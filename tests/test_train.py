@@ -122,3 +122,24 @@ def test_a_validation_split_is_scored_every_epoch_and_kept_out_of_training():
     assert len(data.train.y) == 256 and len(data.val.y) == 200  # train_subset is cut from what is left
     plain, _ = _states(tiny(stage="finetune", epochs=2), load_data(tiny(stage="finetune", epochs=2)))
     assert "val_acc" not in plain[0]
+
+
+def test_a_flipped_byte_that_torch_load_would_accept_fails_the_checkpoints_sha256(tmp_path):
+    """torch.save's own per-record CRC32 is off while we save (torch.load never checks it): the sha256 in
+    meta.json is the check, and torch's setting is left as it was."""
+    import torch
+
+    from ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    before = torch.serialization.get_crc32_options()
+    state = {"epoch": 1, "epochs": 2, "config": {"stage": "rotation"}, "w": torch.arange(1 << 16, dtype=torch.float32)}
+    save_checkpoint(tmp_path / "c", state)
+    assert torch.serialization.get_crc32_options() == before
+    assert torch.equal(load_checkpoint(tmp_path / "c")["w"], state["w"])
+    path = tmp_path / "c" / "state.pt"
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # inside the tensor's bytes
+    path.write_bytes(bytes(blob))
+    assert not torch.equal(torch.load(path, weights_only=True)["w"], state["w"])  # torch.load takes it as is
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(tmp_path / "c")
