@@ -411,7 +411,7 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
 def fingerprint_of(train: Split, test: Split) -> str:
     h = hashlib.sha256()
     for t in (train.x, train.y, test.x, test.y):
-        h.update(t.contiguous().numpy().tobytes())
+        h.update(t.contiguous().numpy().data)  # the tensor's own bytes: no copy (tobytes() cost 0.1 s here)
     return h.hexdigest()[:16]
 
 

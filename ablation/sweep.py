@@ -96,7 +96,8 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     skipped: dict[str, str] = {}
     try:
         epochs = sum(t.config.epochs - len(records[t.key]["rows"]) for t in todo)  # still to train
-        failed, skipped = run_tune(study_dir, name, todo, done, spec, gpu, verbose, trackers, log, epochs, manifest)
+        failed, skipped = run_tune(study_dir, name, todo, done, spec, gpu, verbose, trackers, log, epochs, manifest,
+                                   slots)
     finally:
         study.end(study_dir, manifest, failed, skipped)
     if failed or skipped:
@@ -178,8 +179,8 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
 
 
 def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str], spec: Spec, gpu: float,
-             verbose: bool, trackers: list, log: Location, epochs: int,
-             manifest: dict) -> tuple[dict[str, str], dict[str, str]]:
+             verbose: bool, trackers: list, log: Location, epochs: int, manifest: dict,
+             slots: float) -> tuple[dict[str, str], dict[str, str]]:
     """One Tune run over these trials, each started as soon as its dependency has finished (schedule.py).
     Returns ({key: Tune's error file} of trials that failed, {key: why} of trials skipped because of them)."""
     if not trials:
@@ -224,6 +225,9 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
     if spec.tune and spec.tune.scheduler == "asha":
         history = {t.key: (t.search, rows) for t in trials if t.search and (rows := read_rows(trial_dir(study_dir, t)))}
         scheduler = SearchScheduler(spec.tune, history, stop)
+    # Tune lets a custom searcher keep one trial pending at a time: the slots would start one by one, each
+    # after the last one's worker came up (~2 s apart here). As many pending trials as slots start them at once.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(int(slots)))
     seeds = next(a.values for a in spec.axes if a.key == "seed")
     bound = len(trials) + len(searching) * len(seeds)  # + each searching cell's choice on every seed
     tuner = tune.Tuner(
