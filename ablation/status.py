@@ -33,7 +33,10 @@ def print_status(study_dir: Path) -> int:
         if r["current"]:
             counts[r["state"]] = counts.get(r["state"], 0) + 1
     print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials")
-    for cell, choice in (manifest.get("choices") or {}).items():  # a tune block's choices (tuning.py)
+    searched = {r.get("search") for r in records if r["current"]}
+    for cell, choice in (manifest.get("choices") or {}).items():  # the current tune block's choices (tuning.py)
+        if cell not in searched:
+            continue
         values = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in (choice.get("values") or {}).items()) or "none (no search trial finished)"
         score = f" ({choice['metric']} {choice['score']:.4f})" if choice.get("score") is not None else ""
