@@ -114,6 +114,7 @@ class Progress(Callback):
         self.done += 1
         last = trial.last_result or {}
         if last.get("epoch", 0) < last.get("epochs", 0):  # Tune's ASHA stopped it (tuning.py)
+            self.epochs -= last["epochs"] - last["epoch"]  # epochs it will never train leave the total (and ETA)
             self.event(f"stopped  {_name(trial)} early at epoch {last['epoch']} of {last['epochs']}")
             return
         acc = f"test_acc {last['test_acc']:.4f}" if "test_acc" in last else "nothing left to train"

@@ -89,6 +89,20 @@ def test_the_console_gets_a_line_per_event_and_a_summary_the_log_every_epoch(tmp
     assert text.count("rot-s0 epoch ") == 2 and "FAILED" in text
 
 
+def test_a_trial_stopped_early_is_said_so_and_its_untrained_epochs_leave_the_total(tmp_path, capsys):
+    from ablation.progress import Progress
+
+    p = Progress(trials=2, epochs=8, log=tmp_path / "run001.log", every=0.0)
+    a, b = FakeTrial("ft-random-f0-lr=0.1-s0", "a"), FakeTrial("ft-random-f0-s0", "b")
+    for trial in (a, b):
+        p.on_trial_start(0, [], trial)
+        trial.last_result = {"epoch": 1, "epochs": 4, "train_loss": 1.0, "test_acc": 0.5, "epoch_time_s": 1.0}
+        p.on_trial_result(0, [], trial, trial.last_result)
+    p.on_trial_complete(0, [], a)  # ASHA stopped it after epoch 1 of 4
+    assert "stopped  ft-random-f0-lr=0.1-s0 early at epoch 1 of 4" in capsys.readouterr().out
+    assert p.summary().startswith("1/2 trials done, 1 running, 0 waiting, 0 failed; 2/5 epochs")
+
+
 def test_the_longest_ready_trial_starts_first_so_no_slot_idles_at_the_end():
     from ablation.schedule import work
 
