@@ -153,13 +153,15 @@ def run(cfg: TrialConfig, location: Location, log: Callable[[str], None] = print
         if rd.started():
             _check_same_config(store.read_file(rd.path / RUN_FILE), location, cfg)
             resume = load_latest(checkpoint_dirs(rd.path), warn=log)
-            if resume is not None and resume["epoch"] >= cfg.epochs:
-                log(f"{location}: already finished ({cfg.epochs} epochs); nothing to do")
-                return resume["history"]
             if resume is not None:  # metrics.jsonl follows the state training continues from (a kill between
                 write_atomic(rd.path / METRICS_FILE,  # the two can leave it an epoch behind or ahead)
                              "".join(json.dumps(r) + "\n" for r in metrics_rows(resume)))
                 rd.push(METRICS_FILE)
+            if resume is not None and resume["epoch"] >= cfg.epochs:
+                log(f"{location}: already finished ({cfg.epochs} epochs); nothing to do")
+                if report is not None:  # its last epoch again: whoever waits on it (Tune) learns it finished
+                    report(metrics_rows(resume)[-1])
+                return resume["history"]
 
         def on_epoch(row: dict[str, Any], state: dict[str, Any]) -> None:
             # The dir appears with the first finished epoch: bad input (no data, no GPU) leaves nothing behind.

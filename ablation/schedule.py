@@ -35,8 +35,8 @@ def work(trial: Trial) -> float:
 
 
 class DependencySearcher(Searcher):
-    """Suggests `trials` (plan order: rotation runs first) as their dependencies finish. `finished` holds the
-    keys of trials already finished in the study; `param(trial)` is the config Tune passes to the trainable."""
+    """Suggests `trials` as their dependencies finish, the longest ready one first (`work`). `finished` holds
+    the keys of trials already finished in the study; `param(trial)` is the config Tune passes to the trainable."""
 
     def __init__(self, trials: list[Trial], finished: set[str], param: Callable[[Trial], dict[str, Any]],
                  searching: dict[str, set[str]] | None = None,
@@ -79,8 +79,8 @@ class DependencySearcher(Searcher):
                 self._skip(dependent, f"its rotation trial {trial.name} failed")
         elif result and result.get("epoch", 0) >= result.get("epochs", float("inf")) or trial.key in self._stopped:
             self._finished.add(trial.key)
-        if trial.search in self._searching and (trial.key in self._finished or error):
-            self._search_done(trial.search, trial.key)
+        if trial.search in self._searching:  # finished, stopped, failed, or ended unfinished (the choice reads
+            self._search_done(trial.search, trial.key)  # each trial's state from its files: nothing hangs on it)
 
     def _skip(self, trial: Trial, why: str) -> None:
         self._waiting.remove(trial)

@@ -117,9 +117,12 @@ def trial_entry(trial: Trial) -> dict[str, Any]:
 
 
 def add_trials(study_dir: Location, manifest: dict[str, Any], trials: list[Trial],
-               choices: dict[str, dict]) -> None:
+               choices: dict[str, dict], reopened: set[str] = frozenset()) -> None:
     """Trials planned while the invocation runs (a cell's chosen configuration, once its search is done) join
-    the study's record, with the choices that made them."""
+    the study's record, with the choices that made them. A cell in `reopened` but not in `choices` is being
+    searched again (more samples, a retried trial): its old choice no longer stands."""
+    manifest["choices"] = {c: v for c, v in manifest.get("choices", {}).items()
+                           if c not in reopened or c in choices}
     run = manifest["invocations"][-1]
     for trial in trials:
         if trial.key not in manifest["trials"]:
@@ -127,7 +130,7 @@ def add_trials(study_dir: Location, manifest: dict[str, Any], trials: list[Trial
         if trial.key not in run["planned"]:
             run["planned"].append(trial.key)
         manifest["trials"][trial.key] = trial_entry(trial)
-    manifest.setdefault("choices", {}).update(choices)
+    manifest["choices"].update(choices)
     save_manifest(study_dir, manifest)
 
 

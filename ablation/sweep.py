@@ -81,7 +81,7 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
 
         check_nodes(Path(study_dir).parent, [t.config for t in trials])
     manifest = study.begin(study_dir, spec, spec_path, trials, data, old, slots)
-    study.add_trials(study_dir, manifest, [], choices)
+    study.add_trials(study_dir, manifest, [], choices, reopened={t.search for t in trials if t.search})
     records = {r["key"]: r for r in study.trial_records(study_dir, manifest)}
     done = {k for k, r in records.items() if r["state"] in study.DONE}
     todo = [t for t in trials if t.key not in done]
@@ -128,6 +128,13 @@ def plan_study(spec: Spec, study_dir: Location, failed: set[str] = frozenset(),
                                                "seed": t.config.seed, "rows": rows, "state": state})
     choices = {cell: c for cell, search in cells.items() if (c := choose(spec.tune, search)) is not None}
     return plan(spec, study_dir, choices), choices
+
+
+def search_history(spec: Spec, study_dir: Location) -> dict[str, tuple[str, list[dict]]]:
+    """key -> (cell, epoch rows) of every search trial that reported an epoch, done ones included: what ASHA
+    replays so that a resumed search stops what the uninterrupted one would have."""
+    return {t.key: (t.search, rows) for t in plan(spec, study_dir)
+            if t.search and (rows := read_rows(trial_dir(study_dir, t)))}
 
 
 def check_address(address: str | None, timeout: float = 5.0) -> None:
@@ -207,10 +214,13 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
         # of the chosen configuration is that cell's choice on its seed: it was counted and has run
         study.add_trials(study_dir, manifest, [t for t in planned if t.chosen == cell], choices)
         progress.add(len(new), sum(t.config.epochs for t in new))
-        choice = choices.get(cell) or {}
-        progress.event(f"chose    {cell}: {choice.get('values')} ({choice.get('metric', 'no finished trial')} "
-                       f"{choice.get('score') or 0:.4f}, {choice.get('tried')} tried, {choice.get('stopped')} "
-                       f"stopped early); {len(new)} trial(s) to train")
+        choice = choices.get(cell)
+        if choice is None or not choice.get("values"):
+            progress.event(f"no choice for {cell}: " + ("a search trial ended unfinished; rerun to finish it"
+                                                         if choice is None else "no search trial finished"))
+            return new
+        progress.event(f"chose    {cell}: {choice['values']} ({choice['metric']} {choice['score']:.4f}, "
+                       f"{choice['tried']} tried, {choice['stopped']} stopped early); {len(new)} trial(s) to train")
         return new
 
     def stop(key: str, epoch: int) -> None:
@@ -223,8 +233,7 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
         "search": t.search}, searching, expand, stopped_keys)
     scheduler = None
     if spec.tune and spec.tune.scheduler == "asha":
-        history = {t.key: (t.search, rows) for t in trials if t.search and (rows := read_rows(trial_dir(study_dir, t)))}
-        scheduler = SearchScheduler(spec.tune, history, stop)
+        scheduler = SearchScheduler(spec.tune, search_history(spec, study_dir), stop)
     # Tune lets a custom searcher keep one trial pending at a time: the slots would start one by one, each
     # after the last one's worker came up (~2 s apart here). As many pending trials as slots start them at once.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(int(slots)))

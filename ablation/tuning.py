@@ -153,9 +153,13 @@ def parse_tune(raw: Any, study_seeds: list[int], where: str) -> TuneBlock | None
     if scheduler not in ("asha", "none", None):
         raise ConfigError(f"{where}: scheduler={shown(scheduler)} is not asha or none")
     seeds = raw.get("seeds", study_seeds[:1])
-    if not isinstance(seeds, list) or not seeds or any(s not in study_seeds for s in seeds):
-        raise ConfigError(f"{where}: seeds={shown(seeds)} must be a non-empty list of the study's seeds "
-                          f"{study_seeds}")
+    if not isinstance(seeds, list) or not seeds or any(s not in study_seeds for s in seeds) \
+            or len(set(map(str, seeds))) != len(seeds):
+        raise ConfigError(f"{where}: seeds={shown(seeds)} must be a non-empty list of distinct seeds of the "
+                          f"study's {study_seeds}")
+    if scheduler == "asha" and len(seeds) > 1:
+        raise ConfigError(f"{where}: scheduler=asha with {len(seeds)} search seeds would stop a configuration on "
+                          f"one seed and not another; search on one seed, or use scheduler: none")
     factor = raw.get("reduction_factor", 3)
     if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 1:
         raise ConfigError(f"{where}: reduction_factor must be a number > 1, got {shown(factor)}")

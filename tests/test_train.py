@@ -143,3 +143,16 @@ def test_a_flipped_byte_that_torch_load_would_accept_fails_the_checkpoints_sha25
     assert not torch.equal(torch.load(path, weights_only=True)["w"], state["w"])  # torch.load takes it as is
     with pytest.raises(CheckpointError, match="sha256"):
         load_checkpoint(tmp_path / "c")
+
+
+def test_a_finished_run_whose_metrics_fell_behind_reports_its_last_epoch_and_repairs_them(tmp_path):
+    """A kill between the last checkpoint and the metrics write leaves metrics.jsonl an epoch behind; the rerun
+    trains nothing, rewrites the metrics from the checkpoint and reports the last epoch (Tune waits on it)."""
+    cfg = tiny(stage="finetune", epochs=2)
+    rundir.run(cfg, tmp_path, log=lambda _: None)
+    metrics = tmp_path / rundir.METRICS_FILE
+    metrics.write_text(metrics.read_text().splitlines(keepends=True)[0])
+    reported = []
+    rundir.run(cfg, tmp_path, log=lambda _: None, report=reported.append)
+    assert [r["epoch"] for r in reported] == [2] and [r["epoch"] for r in rundir.read_rows(tmp_path)] == [1, 2]
+    assert rundir.epochs_trained(tmp_path) == 2  # nothing trained again

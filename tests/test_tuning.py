@@ -36,7 +36,9 @@ def block(**over):
     ({"space": {"finetune.lr": "loguniform(0, 0.1)"}}, "needs two numbers lo < hi (loguniform: lo > 0)"),
     ({"search": "grid"}, "search=grid needs a list of values for lr"),
     ({"search": "optuna"}, "search=optuna is not supported"),
-    ({"seeds": [7]}, "must be a non-empty list of the study's seeds [0, 1]"),
+    ({"seeds": [7]}, "must be a non-empty list of distinct seeds of the study's [0, 1]"),
+    ({"seeds": [0, 0]}, "must be a non-empty list of distinct seeds of the study's [0, 1]"),
+    ({"seeds": [0, 1], "scheduler": "asha"}, "would stop a configuration on one seed and not another"),
     ({"reduction_factor": 1}, "reduction_factor must be a number > 1"),
     ({"patience": 3}, "unknown key 'patience'"),
 ])
@@ -179,3 +181,42 @@ def test_a_resumed_search_replays_the_epochs_reported_before_so_asha_decides_as_
     assert sched.on_trial_result(None, FakeTrial("b", "cell1"), result(1, 0.2)) == TrialScheduler.STOP
     fresh = SearchScheduler(b, {}, lambda key, epoch: None)  # without the replay it would have gone on
     assert fresh.on_trial_result(None, FakeTrial("b", "cell1"), result(1, 0.2)) == TrialScheduler.CONTINUE
+
+
+def test_a_search_trial_that_ends_unfinished_still_ends_its_cells_wait_instead_of_hanging():
+    s = spec({"samples": 1})
+    trials = [t for t in plan(s, Path("/tmp/s")) if t.config.stage == "finetune" and t.config.init == "random"]
+    asked = []
+    searcher = DependencySearcher(trials, set(), lambda t: {"name": t.name}, {trials[0].search: {trials[0].key}},
+                                  lambda cell, failed: asked.append(cell) or [], set())
+    assert isinstance(searcher.suggest("t0"), dict)
+    searcher.on_trial_complete("t0", result=None)  # no result: e.g. it returned without reporting an epoch
+    assert asked == [trials[0].search] and searcher.suggest("t1") == Searcher.FINISHED
+
+
+def test_the_asha_history_of_a_resumed_search_holds_its_done_trials_too(tmp_path):
+    import json
+
+    from ablation.rundir import METRICS_FILE
+    from ablation.spec import trial_dir
+    from ablation.sweep import search_history
+
+    s = spec({"samples": 2, "scheduler": "asha"})
+    search = [t for t in plan(s, tmp_path / "s") if t.search]
+    done = trial_dir(tmp_path / "s", search[0])
+    done.mkdir(parents=True)
+    (done / METRICS_FILE).write_text("".join(json.dumps({"epoch": e, "epochs": 2, "val_acc": 0.5}) + "\n"
+                                             for e in (1, 2)))  # finished: not among the trials still to train
+    history = search_history(s, tmp_path / "s")
+    assert list(history) == [search[0].key] and history[search[0].key][0] == search[0].search
+    assert [r["epoch"] for r in history[search[0].key][1]] == [1, 2]
+
+
+def test_a_cell_searched_again_loses_its_old_choice_in_the_record(tmp_path):
+    from ablation.study import add_trials
+
+    manifest = {"invocations": [{"planned": [], "added": []}], "trials": {},
+                "choices": {"ft-random-f4": {"values": {"lr": 0.1}}, "ft-random-f0": {"values": {"lr": 0.01}}}}
+    add_trials(tmp_path, manifest, [], {"ft-random-f0": {"values": {"lr": 0.03}}},
+               reopened={"ft-random-f4", "ft-random-f0"})
+    assert manifest["choices"] == {"ft-random-f0": {"values": {"lr": 0.03}}}

@@ -196,7 +196,7 @@ def validation_by(x: str):
                 color = COLORS.get(init)
                 done = g[g["finished"]].sort_values(x)
                 ax.plot(done[x], done["best_val_acc"] * 100, marker="o", color=color, label=init)
-                cut = g[~g["finished"]]
+                cut = g[g["state"] == "stopped early"]
                 ax.scatter(cut[x], cut["best_val_acc"] * 100, marker="x", color=color)
                 chosen = g[g["chosen"].fillna("").ne("")]
                 ax.scatter(chosen[x], chosen["best_val_acc"] * 100, marker="*", s=180, color=color, zorder=3)

@@ -151,9 +151,13 @@ def findings(trials: pd.DataFrame, tables: list[Table]) -> list[str]:
     if "pretraining_effect" in by_name:
         out += effect_findings(by_name["pretraining_effect"])
     if "tuning_choices" in by_name:
+        chosen = by_name["tuning_choices"].frame["chosen on"].isin(["val_acc", "val_loss"])
         out.append("Each fine-tuning cell ran at its own chosen configuration (see the choices table): the "
                    "comparisons above are the tuning playbook's, each side at its best nuisance values on validation "
-                   "data.")
+                   "data; read them at the epoch chosen on validation data too ('at best val'), since 'best' picks "
+                   "the epoch on the test set." if chosen.all() else
+                   f"{int((~chosen).sum())} searched cell(s) have no choice yet (see the choices table): their "
+                   f"cells are missing from the comparisons above.")
     if not out:
         out.append("No results yet.")
     return out

@@ -180,7 +180,7 @@ def build_tables(trials: pd.DataFrame, choices: dict[str, dict] | None = None) -
             tables.append(Table("pretraining_effect", "Effect of rotation pretraining: pretrained - random, paired by "
                                 "seed (points of test accuracy)", effect, [EFFECT_NOTE, *notes[1:]],
                                 keys=[k for k in keys if k != "init"]))
-    if "search" in trials and trials["search"].fillna("").ne("").any():
+    if "search" in trials and (trials["current"] & trials["search"].fillna("").ne("")).any():
         tables.append(Table("tuning_choices", "Each cell's chosen nuisance hyperparameters (validation split)",
                             tuning_choices(trials, choices or {}), [TUNING_NOTE], keys=["cell"]))
     return tables
