@@ -164,6 +164,9 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
     if not verbose:
         for name in ("ray", "ray.tune", "ray.train"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # "The `on_step_begin` operation took 1.3 s, which may be a performance bottleneck": Tune's timing of its
+        # own loop on a busy machine, a line every few minutes of a long study that the user cannot act on
+        logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's new console output prints its banner even at verbose=0
     if not ray.is_initialized():
         try:
