@@ -179,6 +179,11 @@ def is_finished(rows: list[dict[str, Any]], config: dict[str, Any]) -> bool:
     return bool(rows) and rows[-1]["epoch"] >= config["epochs"]
 
 
+def done_state(location: Location, rows: list[dict[str, Any]], config: dict[str, Any]) -> str | None:
+    """FINISHED or STOPPED (by ASHA) from a trial's own files, None when it has more to train."""
+    return FINISHED if is_finished(rows, config) else STOPPED if stopped(location) else None
+
+
 def sweep_cost(invocations: list[dict[str, Any]], epoch_seconds: float, trials: int) -> dict[str, float] | None:
     """Where the slots' time went: wall time, the ideal (summed epoch time / slots), their ratio, the share
     of slot time in epochs (training + evaluation) and the fixed cost per trial (the rest / trials). None
@@ -209,11 +214,9 @@ def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -
         location = trial_location(study_dir, entry)
         rows = read_rows(location)
         reason = last.get("failed", {}).get(key) or last.get("skipped", {}).get(key, "")
-        if is_finished(rows, entry["config"]):
-            state = FINISHED
-        elif stop := stopped(location):
-            state = STOPPED
-            reason = f"by ASHA after epoch {stop['epoch']}"
+        if state := done_state(location, rows, entry["config"]):
+            if state == STOPPED:
+                reason = f"by ASHA after epoch {stopped(location)['epoch']}"
         elif key in last.get("failed", {}):
             state = FAILED
         elif key in last.get("skipped", {}):

@@ -21,7 +21,7 @@ import yaml
 
 from . import store, study
 from .config import ConfigError, UserError, read_yaml, unwritable
-from .rundir import mark_stopped, read_rows, stopped
+from .rundir import mark_stopped, read_rows
 from .spec import Spec, Trial, parse_spec, plan, trial_dir
 from .store import Location
 from .tuning import choose
@@ -122,8 +122,7 @@ def plan_study(spec: Spec, study_dir: Location, failed: set[str] = frozenset(),
     for t in (t for t in trials if t.search):
         location = trial_dir(study_dir, t)
         rows = read_rows(location)
-        state = (study.FINISHED if study.is_finished(rows, t.config.to_dict()) else
-                 study.STOPPED if stopped(location) else "failed" if t.key in failed else "to do")
+        state = study.done_state(location, rows, t.config.to_dict()) or ("failed" if t.key in failed else "to do")
         cells.setdefault(t.search, []).append({"values": {k: getattr(t.config, k) for k in t.tuned},
                                                "seed": t.config.seed, "rows": rows, "state": state})
     choices = {cell: c for cell, search in cells.items() if (c := choose(spec.tune, search)) is not None}
