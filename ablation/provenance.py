@@ -6,6 +6,7 @@ Why: an ablation number is only as good as its provenance; every run dir and stu
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import platform
 import subprocess
 from importlib import metadata
@@ -16,8 +17,10 @@ from . import __version__
 PACKAGES = ("torch", "torchvision", "ray", "numpy", "pandas")
 
 
+@functools.cache
 def code_version() -> str:
-    """`<package version>+g<git sha>[.dirty]` when run from a git checkout, else the package version."""
+    """`<package version>+g<git sha>[.dirty]` when run from a git checkout, else the package version. Once per
+    process: the code a process imported does not change under it, and every epoch records it."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,

@@ -8,7 +8,8 @@ each epoch's files are pushed after the epoch, checkpoint first. Layout:
     metrics.jsonl                 one JSON row per epoch of the state the run continues from (device,
                                   data fingerprint, pretrained digest beside the metrics)
     metrics.csv                   the same rows, train.METRIC_COLUMNS only, for a spreadsheet
-    trained.log                   append-only: one line per epoch ever trained (retrained epochs again)
+    trained.log                   append-only: one line per epoch ever trained (retrained epochs again),
+                                  with the code version that trained it (a run may be resumed by newer code)
     stopped.json                  written by the study's driver when Tune's ASHA stopped the run early
                                   (tuning.py): a rerun does not resume it
     checkpoints/epoch_NNNN/       the newest KEEP checkpoints (state.pt + meta.json)
@@ -135,9 +136,15 @@ def stopped(location: Location) -> dict[str, Any] | None:
         return {"epoch": None, "why": "stopped early", "time": None}
 
 
+def trained_log(location: Location) -> list[dict[str, Any]]:
+    """One dict per epoch this run ever trained ({"epoch", "pid", "time", "code"}), retrained ones again;
+    "code" is absent from lines written before it was recorded."""
+    return _json_lines(store.child(location, TRAINED_LOG))
+
+
 def epochs_trained(location: Location) -> int:
     """How many epochs this run trained in all, retrained ones counted again."""
-    return len(_json_lines(store.child(location, TRAINED_LOG)))
+    return len(trained_log(location))
 
 
 def run(cfg: TrialConfig, location: Location, log: Callable[[str], None] = print, report: Report | None = None,
@@ -174,7 +181,8 @@ def run(cfg: TrialConfig, location: Location, log: Callable[[str], None] = print
                 write_atomic(rd.path / RUN_FILE, json.dumps(record, indent=1))
                 written.append(RUN_FILE)
             with open(rd.path / TRAINED_LOG, "a") as fh:  # every epoch ever trained, retrained ones too
-                fh.write(json.dumps({"epoch": row["epoch"], "pid": os.getpid(), "time": provenance.now()}) + "\n")
+                fh.write(json.dumps({"epoch": row["epoch"], "pid": os.getpid(), "time": provenance.now(),
+                                     "code": provenance.code_version()}) + "\n")
             save_checkpoint(rd.path / written[0], state)
             write_atomic(rd.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in metrics_rows(state)))
             write_atomic(rd.path / METRICS_CSV, metrics_csv(state["history"]))

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import provenance, store
 from .config import UserError
-from .rundir import epochs_trained, read_rows, stopped
+from .rundir import read_rows, stopped, trained_log
 from .spec import TRIALS_DIR, Spec, Trial
 from .store import Location
 
@@ -202,7 +202,8 @@ def sweep_cost(invocations: list[dict[str, Any]], epoch_seconds: float, trials: 
 
 def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One record per trial the study ever planned, current spec first: its entry, epoch rows (deduplicated),
-    epochs trained in all (retrained ones again), state, and whether the current spec asks for it."""
+    epochs trained in all (retrained ones again), the code versions that trained them (in order; "unrecorded"
+    for epochs logged before versions were), state, and whether the current spec asks for it."""
     manifest = manifest or read_manifest(study_dir)
     current = current_keys(manifest)
     last = manifest["invocations"][-1] if manifest.get("invocations") else {}
@@ -225,6 +226,7 @@ def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -
             state = RUNNING if rows else WAITING
         else:
             state = INTERRUPTED if rows else NOT_STARTED
-        out.append({"key": key, **entry, "location": location, "rows": rows, "trained": epochs_trained(location),
-                    "state": state, "current": key in current, "reason": reason})
+        log = trained_log(location)
+        out.append({"key": key, **entry, "location": location, "rows": rows, "trained": len(log),
+                    "code": list(dict.fromkeys(line.get("code", "unrecorded") for line in log)), "state": state, "current": key in current, "reason": reason})
     return out

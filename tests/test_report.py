@@ -210,6 +210,22 @@ def test_unfinished_study_still_reports(tmp_path):
     assert (study / "report" / "figures" / "learning_curves.png").stat().st_size > 20_000
 
 
+def test_the_trial_table_says_which_code_trained_each_trial_and_what_was_retrained(tmp_path):
+    """A study resumed by newer code: each trial lists the versions in its trained.log ("unrecorded" for lines
+    from before versions were logged), and an epoch trained twice counts as retrained."""
+    from ablation.report import write_report
+
+    study = tmp_path / "tiny"
+    shutil.copytree(FIXTURE, study)
+    log = trial_path(study, "rot-s0").parent / "trained.log"
+    log.write_text(log.read_text() + json.dumps({"epoch": 2, "pid": 1, "time": "t", "code": "9.9+gnew"}) + "\n")
+    text = write_report(study).read_text()
+    trials = {r["trial"]: r for r in read_csv(study / "report" / "tables" / "trials.csv")}
+    assert trials["rot-s0"]["code"] == "unrecorded, 9.9+gnew" and trials["rot-s0"]["retrained"] == "1"
+    assert trials["rot-s1"]["code"] == "unrecorded" and trials["rot-s1"]["retrained"] == "0"
+    assert "| unrecorded, 9.9+gnew |" in text
+
+
 def test_report_on_a_non_study_dir_is_one_line_and_exit_2(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ablation.cli", "report", str(tmp_path)], capture_output=True,
                             text=True)

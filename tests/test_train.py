@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ablation import rundir
+from ablation import provenance, rundir
 from ablation.checkpoint import checkpoint_dirs, load_checkpoint, resolve_pretrained
 from ablation.models import FREEZE_GROUPS, weights_digest
 from ablation.rundir import METRIC_COLUMNS
@@ -156,3 +156,4 @@ def test_a_finished_run_whose_metrics_fell_behind_reports_its_last_epoch_and_rep
     rundir.run(cfg, tmp_path, log=lambda _: None, report=reported.append)
     assert [r["epoch"] for r in reported] == [2] and [r["epoch"] for r in rundir.read_rows(tmp_path)] == [1, 2]
     assert rundir.epochs_trained(tmp_path) == 2  # nothing trained again
+    assert {line["code"] for line in rundir.trained_log(tmp_path)} == {provenance.code_version()}

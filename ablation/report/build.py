@@ -19,8 +19,8 @@ from .findings import findings, header, trial_state
 from .frames import load_study, search_only
 from .tables import Table, build_tables
 
-TRIAL_COLUMNS = ["trial", "key", "state", "best acc (%)", "final acc (%)", "wall time (s)", "ran on (host/node)",
-                 "checks"]
+TRIAL_COLUMNS = ["trial", "key", "state", "best acc (%)", "final acc (%)", "wall time (s)", "retrained",
+                 "ran on (host/node)", "code", "checks"]
 
 
 def write_frame(frame: pd.DataFrame, outdir: Path, name: str) -> None:
@@ -44,7 +44,9 @@ def trials_table(trials: pd.DataFrame) -> Table:
                              "final acc (%)": trials["final_test_acc"] * 100, "wall time (s)": trials["wall_time_s"],
                              "ran on (host/node)": trials["ran_on"].fillna(""), "checks": trials["checks"].fillna("")})
     return Table("trial_states", "Trials", frame[TRIAL_COLUMNS], ["best / final = test accuracy at the best / last "
-                                                                  "reported epoch; wall time = sum of epoch times.",
+                                                                  "reported epoch; wall time = sum of epoch times; "
+                                                                  "retrained = epochs trained again after an "
+                                                                  "interruption; code = the versions that trained it.",
                                                                   NOTE],
                  keys=["trial", "key", "state"])
 

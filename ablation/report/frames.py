@@ -26,7 +26,7 @@ EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_
               "test_acc": "test_acc", "lr": "epoch_lr", "epoch_time_s": "epoch_time_s",
               "train_images_per_s": "train_images_per_s", "data_fingerprint": "data_fingerprint", "device": "trained_on",
               "host": "host", "node": "node", "val_loss": "val_loss", "val_acc": "val_acc"}
-SUMMARY = ["state", "current", "finished", "epochs_done", "trained", "final_test_acc", "best_test_acc", "best_epoch",
+SUMMARY = ["state", "current", "finished", "epochs_done", "trained", "retrained", "code", "final_test_acc", "best_test_acc", "best_epoch",
            "lowest_test_loss", "wall_time_s", "pretrained_digest", "ran_on", "best_val_epoch", "test_acc_at_best_val",
            "best_val_acc", "checks"]
 ROLE = ["search", "chosen", "tuned"]  # a tune block's search cell, chosen cell, searched keys ("" for none)
@@ -69,7 +69,7 @@ def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFr
         base = {"trial": r["name"], "key": r["key"], **_config_columns(r, by_key)}
         columns.update(dict.fromkeys(base))
         trial_rows.append({**base, "state": r["state"], "current": r["current"], "finished": r["state"] == FINISHED,
-                           "trained": r["trained"], **_summary(r), "checks": trial_checks(r, by_key),
+                           "trained": r["trained"], "code": ", ".join(r["code"]), **_summary(r), "checks": trial_checks(r, by_key),
                            "search": r.get("search", ""), "chosen": r.get("chosen", ""),
                            "tuned": ",".join(r.get("tuned", []))})
         if r["current"]:
@@ -79,6 +79,7 @@ def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFr
                or len({str(r.get(c)) for r in trial_rows if c in r}) > 1}
     trials = pd.DataFrame(trial_rows, columns=[*columns, *SUMMARY, *ROLE])
     trials["epochs_done"] = trials["epochs_done"].fillna(0).astype(int)
+    trials["retrained"] = trials["trained"] - trials["epochs_done"]  # epochs trained again after interruptions
     epochs = pd.DataFrame(epoch_rows, columns=[*columns, *EPOCH_KEYS.values()])
     return manifest, epochs, trials
 
