@@ -25,16 +25,14 @@ from . import provenance, store
 from .config import UserError
 from .rundir import read_rows, stopped, trained_log
 from .spec import TRIALS_DIR, Spec, Trial
+from .states import (DONE, FAILED, FINISHED, INTERRUPTED, NOT_STARTED, RUNNING, SKIPPED,  # noqa: F401 (study.X)
+                     STOPPED, WAITING)
 from .store import Location
 
 MANIFEST = "manifest.json"
 LOCK = "driver.pid"
 TUNE_DIR = "tune"
 FORMAT = 2  # 1: phase1/phase2 Tune experiments (before 2026-12-01)
-# Trial states. "outside the current spec" is said beside the state, not instead of it.
-FINISHED, RUNNING, WAITING, INTERRUPTED, FAILED, SKIPPED, NOT_STARTED, STOPPED = (
-    "finished", "running", "waiting", "interrupted", "failed", "skipped", "not started", "stopped early")
-DONE = (FINISHED, STOPPED)  # nothing left to train: a rerun starts neither
 
 
 class StudyError(UserError):

@@ -11,6 +11,7 @@ each cell's search runs first and its chosen configuration is planned when the s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -236,9 +237,6 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
     scheduler = None
     if spec.tune and spec.tune.scheduler == "asha":
         scheduler = SearchScheduler(spec.tune, search_history(spec, study_dir), stop)
-    # Tune lets a custom searcher keep one trial pending at a time: the slots would start one by one, each
-    # after the last one's worker came up (~2 s apart here). As many pending trials as slots start them at once.
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(int(slots)))
     seeds = next(a.values for a in spec.axes if a.key == "seed")
     bound = len(trials) + len(searching) * len(seeds)  # + each searching cell's choice on every seed
     tuner = tune.Tuner(
@@ -250,9 +248,25 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
                                   verbose=1 if verbose else 0, callbacks=[progress, *trackers],
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
     )
-    results = tuner.fit()
+    with _pending_trials(slots):
+        results = tuner.fit()
     failed = {r.config["trial"]["key"]: f"{r.path}/error.txt" for r in results if r.error}
     return failed, searcher.skipped
+
+
+@contextlib.contextmanager
+def _pending_trials(slots: float):
+    """Tune lets a custom searcher keep one trial pending at a time: the slots would start one by one, each
+    after the last one's worker came up (~2 s apart here). As many pending trials as slots start them at once.
+    For this fit only (a long-lived process may sweep again with other slots); a user's own setting wins."""
+    mine = "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
+    if mine:
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, int(slots)))
+    try:
+        yield
+    finally:
+        if mine:
+            os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
 
 
 TRACKERS = {  # --callback name -> (module that must be installed, Tune's logger callback)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import ConfigError, TrialConfig, coerce, shown
+from .states import DONE, FAILED, FINISHED, STOPPED
 
 METRICS = {"val_acc": "max", "val_loss": "min"}
 TUNE_KEYS = {"space", "samples", "seeds", "metric", "scheduler", "search", "grace_period", "reduction_factor",
@@ -194,7 +195,7 @@ def choose(block: TuneBlock, search: list[dict[str, Any]]) -> dict[str, Any] | N
     """A cell's choice from its search trials' records ({"values", "seed", "rows", "state"}: state finished,
     stopped early, failed, or anything else = not done yet), or None while any is not done. Score of a trial:
     its best validation epoch; of a configuration: the mean over the search seeds, when every one finished."""
-    if any(r["state"] not in ("finished", "stopped early", "failed") for r in search):
+    if any(r["state"] not in (*DONE, FAILED) for r in search):
         return None
     pick = max if block.mode == "max" else min
     by_config: dict[str, list] = {}
@@ -202,10 +203,10 @@ def choose(block: TuneBlock, search: list[dict[str, Any]]) -> dict[str, Any] | N
         by_config.setdefault(json.dumps(r["values"], sort_keys=True), []).append(r)
     scores = {}
     for config, runs in by_config.items():
-        if all(r["state"] == "finished" and r["rows"] for r in runs) and len(runs) == len(block.seeds):
+        if all(r["state"] == FINISHED and r["rows"] for r in runs) and len(runs) == len(block.seeds):
             scores[config] = sum(pick(row[block.metric] for row in r["rows"]) for r in runs) / len(runs)
-    stopped = sum(r["state"] == "stopped early" for r in search)
-    failed = sum(r["state"] == "failed" for r in search)
+    stopped = sum(r["state"] == STOPPED for r in search)
+    failed = sum(r["state"] == FAILED for r in search)
     if not scores:
         return {"values": None, "score": None, "tried": len(by_config), "stopped": stopped, "failed": failed}
     best = pick(scores, key=lambda c: scores[c])  # the first of equal scores: configuration order

@@ -116,3 +116,21 @@ def test_the_longest_ready_trial_starts_first_so_no_slot_idles_at_the_end():
     all4 = plan(parse_spec({"name": "s", "dataset": "fashion-mnist", "seeds": [0], "freeze": [4],
                             "pretrain": {"rotation_mode": "all4"}}, where="t"), Path("/tmp/s"))
     assert work(all4[0]) > work(planned[0])  # all four turns of every image train
+
+
+def test_pending_trials_follow_each_sweeps_slots_and_leave_a_users_setting_alone(monkeypatch):
+    """Tune reads TUNE_MAX_PENDING_TRIALS_PG when a fit starts: a second sweep in the same process with other
+    slots must get its own count, and a value the user exported is theirs."""
+    import os
+
+    from ablation.sweep import _pending_trials
+
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
+    for slots, expected in ((4, "4"), (2, "2"), (0.5, "1")):
+        with _pending_trials(slots):
+            assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == expected
+        assert "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
+    monkeypatch.setenv("TUNE_MAX_PENDING_TRIALS_PG", "7")
+    with _pending_trials(4):
+        assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "7"
+    assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "7"
