@@ -152,10 +152,16 @@ def begin(study_dir: Location, spec: Spec, spec_path: str, trials: list[Trial], 
     return manifest
 
 
-def end(study_dir: Location, manifest: dict[str, Any], failed: dict[str, str], skipped: dict[str, str]) -> None:
+def end(study_dir: Location, manifest: dict[str, Any], failed: dict[str, str], skipped: dict[str, str],
+        unfinished: int | None) -> None:
+    """Record the invocation's end and release the lock. unfinished: trials of the spec left neither done nor
+    failed nor skipped (Tune's run was stopped: Ctrl-C); None when the run ended by an exception."""
     run = manifest["invocations"][-1]
+    parts = [f"{len(failed)} failed"] * bool(failed) + [f"{len(skipped)} skipped"] * bool(skipped)
+    parts += ["ended by an exception or a second interrupt" if unfinished is None else
+              f"stopped with {unfinished} unfinished" if unfinished else ""]
     run.update(ended=provenance.now(), failed=failed, skipped=skipped,
-               outcome="finished" if not failed and not skipped else f"{len(failed)} failed, {len(skipped)} skipped")
+               outcome=", ".join(p for p in parts if p) or "finished")
     save_manifest(study_dir, manifest)
     store.remove_file(store.child(study_dir, LOCK))
 
@@ -226,5 +232,6 @@ def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -
             state = INTERRUPTED if rows else NOT_STARTED
         log = trained_log(location)
         out.append({"key": key, **entry, "location": location, "rows": rows, "trained": len(log),
-                    "code": list(dict.fromkeys(line.get("code", "unrecorded") for line in log)), "state": state, "current": key in current, "reason": reason})
+                    "code": list(dict.fromkeys(line.get("code", "unrecorded") for line in log)), "state": state,
+                    "current": key in current, "reason": reason})
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -95,12 +96,19 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
         print(f"log: {log} (-v prints Tune's tables and every epoch here)", flush=True)
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
+    unfinished: list[str] | None = None
     try:
         epochs = sum(t.config.epochs - len(records[t.key]["rows"]) for t in todo)  # still to train
         failed, skipped = run_tune(study_dir, name, todo, done, spec, gpu, verbose, trackers, log, epochs, manifest,
                                    slots)
+        unfinished = unfinished_trials(study_dir, failed, skipped)
     finally:
-        study.end(study_dir, manifest, failed, skipped)
+        study.end(study_dir, manifest, failed, skipped, None if unfinished is None else len(unfinished))
+    if unfinished:  # Tune ends its run quietly on Ctrl-C (SIGINT, SIGUSR1): the trials' own files say what is left
+        print(f"ablation: study {spec.name} stopped with {len(unfinished)} trial(s) unfinished (every finished "
+              f"epoch is kept" + (f"; {len(failed)} failed" if failed else "") + "); rerun the same command to "
+              f"resume", file=sys.stderr)
+        return 130
     if failed or skipped:
         names = [manifest["trials"][k]["name"] for k in failed]
         print(f"ablation: {len(failed)} trial(s) failed after retries: {', '.join(names)}"
@@ -110,6 +118,12 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
         return 1
     print(f"study {spec.name} finished; next: ablation report {study_dir}", flush=True)
     return 0
+
+
+def unfinished_trials(study_dir: Location, failed: dict[str, str], skipped: dict[str, str]) -> list[str]:
+    """Names of the current spec's trials that are not done and did not fail or get skipped."""
+    return [r["name"] for r in study.trial_records(study_dir) if r["current"] and r["state"] not in study.DONE
+            and r["key"] not in failed and r["key"] not in skipped]
 
 
 def plan_study(spec: Spec, study_dir: Location, failed: set[str] = frozenset(),
@@ -153,12 +167,27 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
                         f"`ray start --head` or check the host and port") from None
 
 
+class _Drop(logging.Filter):
+    """Drops the log records whose message contains this text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+# On Ctrl-C Tune lists the trials that never started as "Failed to fetch metrics" (nothing failed), and advises
+# Tuner.restore(...): wrong here, where rerunning the same command resumes (run_study says so).
+NO_FETCH_WARNING = _Drop("Failed to fetch metrics")
+NO_RESTORE_ADVICE = _Drop("Resume experiment with: Tuner.restore")
+
+
 def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[float, float]:
     """Join or start Ray; a GPU request with no GPU in the cluster is dropped (Ray would wait forever).
     Returns the GPU fraction per trial and how many trials the cluster runs at once. Unless verbose, the
     workers' own lines and Ray's and Tune's info logs stay out of the console (progress.py prints instead)."""
-    import logging
-
     import ray
 
     if not verbose:
@@ -168,6 +197,8 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
         # own loop on a busy machine, a line every few minutes of a long study that the user cannot act on
         logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's new console output prints its banner even at verbose=0
+        logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(NO_FETCH_WARNING)
+    logging.getLogger("ray.tune.tune").addFilter(NO_RESTORE_ADVICE)  # the same filter twice is added once
     if not ray.is_initialized():
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=verbose,

@@ -227,6 +227,30 @@ def test_sigkilled_driver_resumes_and_finished_trials_do_not_train_again(tmp_pat
     assert 0 <= extra <= 2, f"{extra} epochs retrained; at most one per trial running at the kill (2 slots)"
 
 
+def test_ctrl_c_says_the_study_stopped_unfinished_and_how_to_resume(tmp_path):
+    """Tune ends its run quietly on SIGINT; the sweep must not call the study finished, must not pass on Tune's
+    Tuner.restore advice (rerunning the command resumes), and records the stop in the manifest."""
+    spec = write_spec(tmp_path / "c.yaml", name="ctrlc", seeds=[0], init=["pretrained"], freeze=[4],
+                      pretrain={"epochs": 4}, finetune={"epochs": 1})
+    study = tmp_path / "ctrlc"
+    proc = subprocess.Popen([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not (
+            (study / "manifest.json").exists() and trained_by_trial(study, True).get("rot-s0", 0) >= 1):
+        time.sleep(0.3)
+    assert proc.poll() is None, "the study ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "ablation: study ctrlc stopped with 2 trial(s) unfinished" in err, err[-3000:]
+    assert "rerun the same command to resume" in err and "finished; next" not in out
+    assert "Tuner.restore" not in out + err and "Failed to fetch metrics" not in out + err
+    manifest = json.loads((study / "manifest.json").read_text())
+    assert manifest["invocations"][-1]["outcome"] == "stopped with 2 unfinished"
+    assert not (study / "driver.pid").exists() and len(rows_by_trial(study)["rot-s0"]) >= 1  # kept
+
+
 def test_a_driver_killed_while_fine_tunes_wait_for_their_rotation_run_resumes(tmp_path):
     """Killed while the pretrained fine-tunes wait on a running rotation trial (nothing else to run): the rerun
     continues the rotation from its checkpoint, then runs the fine-tunes from its final weights."""
