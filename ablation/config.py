@@ -167,6 +167,11 @@ class TrialConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+def data_source(dataset: str, data_dir: str) -> str:
+    """How a study's manifest names a data copy: "dataset:data_dir" (fashion-mnist: the system's files)."""
+    return f"{dataset}:{data_dir}" if dataset != "fashion-mnist" and data_dir else dataset
+
+
 def unknown_key_message(key: Any, known: Iterable[str], where: str) -> str:
     close = difflib.get_close_matches(key, list(known), n=1) if isinstance(key, str) else []
     hint = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(sorted(known))

@@ -17,12 +17,13 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .atomic import write_atomic
-from .config import ConfigError, TrialConfig, UserError, unwritable
+from .config import ConfigError, TrialConfig, UserError, data_source, unwritable
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 CIFAR_JPEG_HINT = "dataset=imagefolder data_dir=<unzipped ../shared/data/cifar10-jpeg or the folder with its zips>"
@@ -123,17 +124,32 @@ def _check_subsets(cfg: TrialConfig, train_labels: torch.Tensor, test_labels: to
                               f"use at most {have} (0 = all of them)")
 
 
-def preflight(cfgs: list[TrialConfig]) -> dict[str, str]:
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def describe(dataset: str, full: Data) -> dict[str, Any]:
+    """What a report says about a data copy: fingerprint, sizes, classes, and the task it is. An image folder
+    with CIFAR-10's classes and 50,000 + 10,000 images of 3x32x32 is CIFAR-10 (a copy, e.g. the lossy JPEG
+    one: its fingerprint tells copies apart), so its results sit beside the report's CIFAR-10 numbers."""
+    shape = list(full.train.x.shape[1:])
+    sizes = (len(full.train.y), len(full.test.y))
+    is_cifar10 = full.classes == CIFAR10_CLASSES and sizes == (50_000, 10_000) and shape == [3, 32, 32]
+    return {"fingerprint": full.fingerprint, "train_images": sizes[0], "test_images": sizes[1],
+            "classes": list(full.classes), "image_shape": shape,
+            "task": "cifar10" if dataset == "cifar10" or is_cifar10 else dataset}
+
+
+def preflight(cfgs: list[TrialConfig]) -> dict[str, dict[str, Any]]:
     """Load each distinct data source of a study once, before anything is written: a missing dataset, or a
-    subset or labels_per_class beyond it, fails here. Returns {"dataset:data_dir": fingerprint} for the manifest."""
-    loaded: dict[tuple, tuple] = {}
+    subset or labels_per_class beyond it, fails here. Returns {"dataset:data_dir": describe(...)} for the
+    manifest."""
+    loaded: dict[str, Data] = {}
     for cfg in cfgs:
-        key = (cfg.dataset, cfg.data_dir if cfg.dataset != "fashion-mnist" else "", cfg.cache_dir)
-        if key not in loaded:
-            full = full_data(cfg)
-            loaded[key] = (full.fingerprint, full.train.y, full.test.y)
-        _check_subsets(cfg, *loaded[key][1:])
-    return {f"{d}:{src}" if src else d: fp for (d, src, _), (fp, *_) in loaded.items()}
+        source = data_source(cfg.dataset, cfg.data_dir)
+        if source not in loaded:
+            loaded[source] = full_data(cfg)
+        _check_subsets(cfg, loaded[source].train.y, loaded[source].test.y)
+    return {source: describe(source.split(":")[0], full) for source, full in loaded.items()}
 
 
 def take(split: Split, idx: torch.Tensor) -> Split:

@@ -84,14 +84,20 @@ def check_claim(study_dir: Location, fresh: bool) -> dict[str, Any] | None:
     return read_manifest(study_dir) if store.exists(store.child(study_dir, MANIFEST)) else None
 
 
-def check_data(study_dir: Location, manifest: dict[str, Any] | None, data: dict[str, str]) -> None:
+def data_sources(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{"dataset:data_dir": data.describe(...)} of the study's data copies; a manifest written before the
+    descriptions were recorded gives each copy's fingerprint only."""
+    return {s: d if isinstance(d, dict) else {"fingerprint": d} for s, d in manifest.get("data", {}).items()}
+
+
+def check_data(study_dir: Location, manifest: dict[str, Any] | None, data: dict[str, dict[str, Any]]) -> None:
     """Trials of one study must see the same data: another dataset or copy under its name is refused."""
     if not manifest:
         return
     old: dict[str, set[str]] = {}
-    for source, fp in manifest.get("data", {}).items():
-        old.setdefault(source.split(":")[0], set()).add(fp)
-    new = {source.split(":")[0]: fp for source, fp in data.items()}
+    for source, d in data_sources(manifest).items():
+        old.setdefault(source.split(":")[0], set()).add(d["fingerprint"])
+    new = {source.split(":")[0]: d["fingerprint"] for source, d in data.items()}
     common = set(old) & set(new)
     changed = [d for d in common if new[d] not in old[d]]
     if changed or not common:
@@ -132,7 +138,7 @@ def add_trials(study_dir: Location, manifest: dict[str, Any], trials: list[Trial
     save_manifest(study_dir, manifest)
 
 
-def begin(study_dir: Location, spec: Spec, spec_path: str, trials: list[Trial], data: dict[str, str],
+def begin(study_dir: Location, spec: Spec, spec_path: str, trials: list[Trial], data: dict[str, dict[str, Any]],
           old: dict[str, Any] | None, slots: float) -> dict[str, Any]:
     """Take the lock and record this invocation: its spec, the trials it plans and which of them are new."""
     store.write_file(store.child(study_dir, LOCK), f"{os.getpid()} {socket.gethostname()}\n")

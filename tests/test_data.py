@@ -156,3 +156,34 @@ def test_a_validation_split_as_large_as_the_training_split_is_refused():
         D.load_data(tiny(train_subset=0, val_split=60000))
     with pytest.raises(ConfigError, match="train_subset=59800 exceeds the 59500 training images"):
         D.load_data(tiny(train_subset=59800, val_split=500))
+
+
+def _shaped(classes, n_train, n_test, side) -> D.Data:
+    def split(n):  # the shapes describe() reads, without 150 MB of pixels
+        return D.Split(torch.zeros(1, 3, side, side, dtype=torch.uint8).expand(n, -1, -1, -1),
+                       torch.zeros(n, dtype=torch.int64))
+    return D.Data(split(n_train), split(n_test), list(classes), (0.5,) * 3, (0.25,) * 3, "f" * 16)
+
+
+def test_an_image_folder_is_cifar10_only_with_its_classes_sizes_and_image_shape():
+    """What lets the report put the JPEG copy's cells beside the report's CIFAR-10 numbers, and nothing else."""
+    cifar = _shaped(D.CIFAR10_CLASSES, 50_000, 10_000, 32)
+    assert D.describe("imagefolder", cifar) == {
+        "fingerprint": "f" * 16, "train_images": 50_000, "test_images": 10_000, "classes": D.CIFAR10_CLASSES,
+        "image_shape": [3, 32, 32], "task": "cifar10"}
+    for other in (_shaped(D.CIFAR10_CLASSES, 5_000, 10_000, 32), _shaped(D.CIFAR10_CLASSES, 50_000, 10_000, 28),
+                  _shaped([f"c{i}" for i in range(10)], 50_000, 10_000, 32)):
+        assert D.describe("imagefolder", other)["task"] == "imagefolder"
+    assert D.describe("cifar10", _shaped(D.CIFAR10_CLASSES, 500, 100, 32))["task"] == "cifar10"
+
+
+def test_the_cifar10_jpeg_copy_has_cifar10s_class_folders_and_sizes():
+    from test_bad_input_round2 import CIFAR_JPEG
+
+    root = next((d for d in CIFAR_JPEG if (d / "train.zip").exists()), None)
+    if root is None:
+        pytest.skip("the CIFAR-10 JPEG copy is not on this machine")
+    for split, n in (("train", 50_000), ("test", 10_000)):
+        with zipfile.ZipFile(root / f"{split}.zip") as zf:
+            names = [name for name in zf.namelist() if name.endswith(".jpg")]
+        assert len(names) == n and sorted({name.split("/")[1] for name in names}) == D.CIFAR10_CLASSES

@@ -108,7 +108,7 @@ def test_finetune_tables_match_raw_results(study, table, freeze, report):
     assert set(rows) == {"pretrained", "random"}
     for init, row in rows.items():
         cell = finished(raw, stage="finetune", freeze=freeze, init=init)
-        assert int(row["n seeds"]) == len(cell) == 2 and row["dataset"] == "fashion-mnist"
+        assert int(row["n seeds"]) == len(cell) == 2 and row["task"] == "fashion-mnist"
         for label, value in (("best acc (%)", best), ("final acc (%)", final)):
             mean, low, high = t_ci([value(t) for t in cell])
             assert close(row[f"{label} mean"], mean)
@@ -117,7 +117,7 @@ def test_finetune_tables_match_raw_results(study, table, freeze, report):
         outside = not low_high_contains(row, "best acc (%)", report[init])
         assert row["best acc (%) report outside CI"] == str(outside)
     md = (study / "report" / "tables" / f"{table}.md").read_text()
-    assert "dataset fashion-mnist" in md and "best acc (%)" in md and "final acc (%)" in md
+    assert "task fashion-mnist" in md and "best acc (%)" in md and "final acc (%)" in md
     assert (study / "report" / "tables" / f"{table}.tex").read_text().startswith(r"\begin{table}")
 
 
@@ -241,6 +241,29 @@ def relabel(study: Path, **values) -> None:
         if t["config"]["stage"] == "finetune" and t["config"]["seed"] == 1:
             t["config"].update(values)
     (study / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("task, comparable", [("cifar10", True), ("imagefolder", False)])
+def test_an_image_folder_copy_of_cifar10_is_compared_with_the_report(tmp_path, task, comparable):
+    """The CIFAR-10 JPEG copy is dataset=imagefolder: the sweep records what the copy is (data.describe), and
+    the report then puts its cells beside the report's CIFAR-10 numbers; any other image folder stays context."""
+    from ablation.report import write_report
+
+    study = tmp_path / "tiny"
+    shutil.copytree(FIXTURE, study)
+    manifest = json.loads((study / "manifest.json").read_text())
+    for t in manifest["trials"].values():
+        t["config"].update(dataset="imagefolder", data_dir="/data/cifar10-jpeg")
+    fingerprint = manifest["data"].pop("fashion-mnist")
+    manifest["data"]["imagefolder:/data/cifar10-jpeg"] = {
+        "fingerprint": fingerprint, "train_images": 50_000, "test_images": 10_000, "classes": ["c"] * 10,
+        "image_shape": [3, 32, 32], "task": task}
+    (study / "manifest.json").write_text(json.dumps(manifest))
+    text = write_report(study).read_text()
+    assert ("- Data: imagefolder /data/cifar10-jpeg" + (" = cifar10" if comparable else "")
+            + ": 50,000 train / 10,000 test images, 10 classes, 3x32x32 (data fingerprint " + fingerprint) in text
+    assert (f"Setup: task {task}, epochs 2." in text) and ("not meaningful" not in text) == comparable
+    assert ("so the report column is context" not in text) == comparable
 
 
 def test_a_key_the_report_never_heard_of_keeps_its_cells_apart(tmp_path):

@@ -68,7 +68,10 @@ def test_tiny_grid_completes_with_every_trial_finished(tiny_study):
     assert set(trained_by_trial(tiny_study).values()) == {2}  # nothing trained twice
     manifest = json.loads((tiny_study / "manifest.json").read_text())
     (invocation,) = manifest["invocations"]
-    assert invocation["outcome"] == "finished" and manifest["data"]["fashion-mnist"]
+    assert invocation["outcome"] == "finished"
+    data = manifest["data"]["fashion-mnist"]  # what the report says about the data copy (data.describe)
+    assert (data["task"], data["train_images"], data["test_images"], data["image_shape"]) == \
+        ("fashion-mnist", 60_000, 10_000, [3, 32, 32]) and len(data["fingerprint"]) == 16
     assert invocation["code_version"] and invocation["spec_digest"] and manifest["provenance"]["code_version"]
     assert sorted(invocation["added"]) == sorted(invocation["planned"]) == sorted(manifest["trials"])
 

@@ -24,21 +24,31 @@ def trial_state(row: pd.Series) -> str:
     return text if row["current"] else f"{text}, outside the current spec"
 
 
+def _data_copy(source: str, d: dict[str, Any]) -> str:
+    """e.g. "imagefolder /data/cifar10-jpeg = cifar10: 50,000 train / 10,000 test images, 10 classes, 3x32x32
+    (data fingerprint eec90e10bd2f5438)"; studies from before the descriptions were recorded: fingerprint only."""
+    dataset, _, where = source.partition(":")
+    text = f"{dataset} {where}".strip()
+    if "train_images" in d:
+        task = f" = {d['task']}" if d["task"] != dataset else ""
+        text += (f"{task}: {d['train_images']:,} train / {d['test_images']:,} test images, {len(d['classes'])} "
+                 f"classes, {'x'.join(map(str, d['image_shape']))}")
+    return f"{text} (data fingerprint {d['fingerprint']})"
+
+
 def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame) -> list[str]:
     """Bullet lines: study, dataset and data fingerprint, code version(s), trials finished / planned."""
     runs = manifest.get("invocations", [])
     versions = list(dict.fromkeys(r.get("code_version", "unknown") for r in runs)) or ["unknown"]
-    prints: dict[str, list[str]] = {}
-    for source, fp in manifest.get("data", {}).items():
-        prints.setdefault(source.split(":")[0], []).append(fp)
+    sources = study.data_sources(manifest)
     current = trials[trials["current"]]
     stopped = int((current["state"] == study.STOPPED).sum())
     datasets = sorted(set(current["dataset"]))
     last = runs[-1] if runs else {}
     lines = [f"- Study: **{manifest.get('study', '?')}**" + (f" — {manifest['description']}"
                                                           if manifest.get("description") else ""),
-             "- Dataset: " + ", ".join(f"{d} (data fingerprint {', '.join(prints.get(d, ['unknown']))})"
-                                       for d in datasets),
+             "- Data: " + "; ".join(_data_copy(source, d) for source, d in sources.items()
+                                    if source.split(":")[0] in datasets),
              "- Code version: " + ", ".join(versions) + (" (runs used more than one)" if len(versions) > 1 else ""),
              f"- Spec digest: {last.get('spec_digest', '?')} (invocation {len(runs)} of the study); created "
              f"{manifest.get('created', '?')}",
@@ -52,7 +62,7 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
     if devices:
         lines.append("- Trained on: " + "; ".join(devices))
     lines += sweep_cost(runs, trials)
-    seen = set(epochs["data_fingerprint"].dropna()) - set(manifest.get("data", {}).values())
+    seen = set(epochs["data_fingerprint"].dropna()) - {d["fingerprint"] for d in sources.values()}
     if seen:
         lines.append(f"- **Warning**: result lines carry data fingerprints {sorted(seen)} that the manifest does not "
                      f"list: some trials trained on other data")
@@ -136,9 +146,9 @@ def findings(trials: pd.DataFrame, tables: list[Table]) -> list[str]:
     """Bullet sentences: data caveat, unfinished trials, rotation accuracy, pretraining effect per freeze depth."""
     out = []
     trials = trials[trials["current"]]
-    datasets = set(trials["dataset"])
-    if datasets != {reference.REPORT_DATASET}:
-        out.append(f"This study used {', '.join(sorted(datasets))}; the report's numbers are for "
+    tasks = set(trials["task"])
+    if tasks != {reference.REPORT_DATASET}:
+        out.append(f"This study used {', '.join(sorted(tasks))}; the report's numbers are for "
                    f"{reference.REPORT_DATASET} (ResNet18, ImageNet stem, {reference.REPORT_FINETUNE_EPOCHS} fine-tune "
                    f"epochs), so comparisons with them are not meaningful here; they are shown for context only.")
     unfinished = trials[~trials["finished"] & (trials["state"] != study.STOPPED)]

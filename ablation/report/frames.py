@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import LOCATION_KEYS, TrialConfig
-from ..study import FINISHED, read_manifest, trial_records
+from ..config import LOCATION_KEYS, TrialConfig, data_source
+from ..study import FINISHED, data_sources, read_manifest, trial_records
 from .checks import trial_checks
 
 CONFIG_KEYS = [k for k in TrialConfig.fields() if k not in LOCATION_KEYS]
@@ -26,7 +26,7 @@ EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_
               "test_acc": "test_acc", "lr": "epoch_lr", "epoch_time_s": "epoch_time_s",
               "train_images_per_s": "train_images_per_s", "data_fingerprint": "data_fingerprint", "device": "trained_on",
               "host": "host", "node": "node", "val_loss": "val_loss", "val_acc": "val_acc"}
-SUMMARY = ["state", "current", "finished", "epochs_done", "trained", "retrained", "code", "final_test_acc",
+SUMMARY = ["task", "state", "current", "finished", "epochs_done", "trained", "retrained", "code", "final_test_acc",
            "best_test_acc", "best_epoch", "lowest_test_loss", "wall_time_s", "pretrained_digest", "ran_on",
            "best_val_epoch", "test_acc_at_best_val", "best_val_acc", "checks"]
 ROLE = ["search", "chosen", "tuned"]  # a tune block's search cell, chosen cell, searched keys ("" for none)
@@ -64,11 +64,16 @@ def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFr
     manifest = read_manifest(study_dir)
     records = trial_records(study_dir, manifest)
     by_key = {r["key"]: r for r in records}
+    sources = data_sources(manifest)
+
+    def task(cfg: dict) -> str:  # what the data copy is (cifar10 for the JPEG copy too), else its dataset key
+        return sources.get(data_source(cfg["dataset"], cfg.get("data_dir", "")), {}).get("task", cfg["dataset"])
+
     trial_rows, epoch_rows, columns = [], [], {"trial": None, "key": None, **dict.fromkeys(CONFIG_KEYS)}
     for r in records:
         base = {"trial": r["name"], "key": r["key"], **_config_columns(r, by_key)}
         columns.update(dict.fromkeys(base))
-        trial_rows.append({**base, "state": r["state"], "current": r["current"], "finished": r["state"] == FINISHED,
+        trial_rows.append({**base, "task": task(r["config"]), "state": r["state"], "current": r["current"], "finished": r["state"] == FINISHED,
                            "trained": r["trained"], "code": ", ".join(r["code"]), **_summary(r),
                            "checks": trial_checks(r, by_key),
                            "search": r.get("search", ""), "chosen": r.get("chosen", ""),

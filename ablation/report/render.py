@@ -91,11 +91,11 @@ def notes(table: Table, dagger: bool) -> list[str]:
     out = list(table.notes)
     if dagger:
         out.append(f"{DAGGER} the report's number lies outside our 95% CI.")
-    datasets = set(table.frame["dataset"]) if "dataset" in table.frame else set()
-    if datasets and datasets != {reference.REPORT_DATASET}:
+    tasks = set(table.frame["task"]) if "task" in table.frame else set()
+    if tasks and tasks != {reference.REPORT_DATASET}:
         out.append(f"The report used {reference.REPORT_DATASET} (ImageNet-stem ResNet18, "
                    f"{reference.REPORT_FINETUNE_EPOCHS} fine-tune epochs); this study used "
-                   f"{', '.join(sorted(datasets))}, so the report column is context, not a like-for-like comparison.")
+                   f"{', '.join(sorted(tasks))}, so the report column is context, not a like-for-like comparison.")
     return out
 
 

@@ -19,7 +19,9 @@ from . import reference
 from .frames import cell_keys, groups, search_only
 from .stats import Interval, paired_test, t_interval
 
-SETUP = ["dataset", "epochs"]  # shown in every table (in its caption when constant): which study this is
+# In every table (its caption when constant): which study this is. task: what the data is (frames.py); a dataset
+# key that varies is a cell key like any other.
+SETUP = ["task", "epochs"]
 INITS = ("pretrained", "random")
 SUMMARY_NOTE = ("best = highest test accuracy over epochs (what the report printed); final = last epoch. "
                 "Mean ± sample sd over seeds; 95% CI = Student t-interval over seeds (none with n < 2). "
