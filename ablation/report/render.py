@@ -101,7 +101,7 @@ def notes(table: Table, dagger: bool) -> list[str]:
 
 def markdown(table: Table, level: int = 3) -> str:
     caption, columns, dagger = display(table)
-    lines = [f"{'#' * level} {table.title}", "", f"Setup: {caption}." if caption else "", ""]
+    lines = [f"{'#' * level} {table.title}", "", *([f"Setup: {caption}.", ""] if caption else [])]
     lines.append("| " + " | ".join(h for h, _ in columns) + " |")
     lines.append("|" + "|".join("---" for _ in columns) + "|")
     lines += ["| " + " | ".join(cells) + " |" for cells in zip(*(c for _, c in columns))]
