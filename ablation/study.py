@@ -9,15 +9,17 @@ Layout of <storage>/<name>/:
     driver.pid           the lock of the live driver (pid host)
     trials/<dir>/        one run dir per trial: run.json, metrics.jsonl, trained.log, checkpoints/
     tune/<run>/          Tune's own experiment logs of each invocation (result.json, TensorBoard events)
+    logs/runNNN.log      every trial event and summary line of invocation NNN, stamped [elapsed]
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from .store import Location
 MANIFEST = "manifest.json"
 LOCK = "driver.pid"
 TUNE_DIR = "tune"
+LOGS_DIR = "logs"
 FORMAT = 2  # 1: phase1/phase2 Tune experiments (before 2026-12-01)
 
 
@@ -194,14 +197,41 @@ def done_state(location: Location, rows: list[dict[str, Any]], config: dict[str,
     return FINISHED if is_finished(rows, config) else STOPPED if stopped(location) else None
 
 
+def log_location(study_dir: Location, number: int) -> Location:
+    """The console log of invocation `number` (1-based, as in the manifest's order)."""
+    return store.child(study_dir, LOGS_DIR, f"run{number:03d}.log")
+
+
+def last_logged(study_dir: Location, number: int, started: str) -> str | None:
+    """When invocation `number` last wrote its log: its start plus the [elapsed] stamp of the log's last line
+    (a summary line every 30 s). What ends an invocation whose driver was killed and recorded no end; None
+    without a stamped line."""
+    stamps = re.findall(r"^\[(\d+(?::\d\d){1,2})\]", store.read_file(log_location(study_dir, number)) or "", re.M)
+    if not stamps:
+        return None
+    seconds = sum(int(part) * 60 ** i for i, part in enumerate(reversed(stamps[-1].split(":"))))
+    return (datetime.fromisoformat(started) + timedelta(seconds=seconds)).isoformat(timespec="seconds")
+
+
+def with_ends(study_dir: Location, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's invocations, each killed one (no end recorded, no live driver) given `last_logged`."""
+    runs = [dict(r) for r in manifest.get("invocations", [])]
+    live = live_driver(study_dir) is not None
+    for number, run in enumerate(runs, 1):
+        if not run.get("ended") and not (live and number == len(runs)):
+            run["last_logged"] = last_logged(study_dir, number, run["started"])
+    return runs
+
+
 def sweep_cost(invocations: list[dict[str, Any]], epoch_seconds: float, trials: int) -> dict[str, float] | None:
     """Where the slots' time went: wall time, the ideal (summed epoch time / slots), their ratio, the share
-    of slot time in epochs (training + evaluation) and the fixed cost per trial (the rest / trials). None
-    when an invocation recorded no end (killed or running): its wall time is unknown."""
-    if not invocations or not epoch_seconds or any(not r.get("ended") for r in invocations):
+    of slot time in epochs (training + evaluation) and the fixed cost per trial (the rest / trials). A killed
+    invocation ends at its `last_logged` time (with_ends); None while one has neither (running, or no log)."""
+    ends = [r.get("ended") or r.get("last_logged") for r in invocations]
+    if not invocations or not epoch_seconds or not all(ends):
         return None
-    walls = [(datetime.fromisoformat(r["ended"]) - datetime.fromisoformat(r["started"])).total_seconds()
-             for r in invocations]
+    walls = [(datetime.fromisoformat(end) - datetime.fromisoformat(r["started"])).total_seconds()
+             for end, r in zip(ends, invocations)]
     slot_time = sum(w * r.get("slots", 1) for w, r in zip(walls, invocations))
     ideal = epoch_seconds * sum(walls) / slot_time  # the epochs spread over the (time-weighted mean) slots
     return {"wall_s": sum(walls), "slot_s": slot_time, "epochs_s": epoch_seconds, "ideal_s": ideal,

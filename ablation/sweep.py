@@ -28,7 +28,6 @@ from .spec import Spec, Trial, parse_spec, plan, trial_dir
 from .store import Location
 from .tuning import choose
 
-LOGS_DIR = "logs"  # <study>/logs/runNNN.log: every event and epoch line of an invocation
 
 
 def warn(msg: str) -> None:
@@ -89,7 +88,7 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     todo = [t for t in trials if t.key not in done]
     run = manifest["invocations"][-1]
     name = f"run{len(manifest['invocations']):03d}"
-    log = store.child(study_dir, LOGS_DIR, f"{name}.log")
+    log = study.log_location(study_dir, len(manifest["invocations"]))
     print(f"study {spec.name}: {len(trials)} trials in the spec: {len(done & {t.key for t in trials})} finished "
           f"(reused), {len(todo)} to train ({len(run['added'])} new) on {slots:g} slots -> {study_dir}", flush=True)
     if todo:
@@ -233,7 +232,7 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
     from .trainable import run_trial
 
     if not store.is_uri(study_dir):
-        Path(study_dir, LOGS_DIR).mkdir(parents=True, exist_ok=True)
+        Path(study_dir, study.LOGS_DIR).mkdir(parents=True, exist_ok=True)
     progress = Progress(len(trials), epochs, log)
     searching: dict[str, set[str]] = {}
     for t in trials:

@@ -305,7 +305,7 @@ def test_label_and_freeze_axes_get_log_and_linear_figures(tmp_path):
     assert "Test accuracy by labels/class" in text
 
 
-def test_sweep_cost_counts_only_studies_whose_runs_all_ended():
+def test_sweep_cost_ends_a_killed_run_at_its_last_logged_line_and_skips_a_study_still_running():
     import pandas as pd
 
     from ablation.report.findings import sweep_cost
@@ -314,9 +314,32 @@ def test_sweep_cost_counts_only_studies_whose_runs_all_ended():
     run = {"started": "2026-11-30T10:00:00+00:00", "ended": "2026-11-30T10:02:00+00:00", "slots": 2}
     (line,) = sweep_cost([run, run], trials)
     assert "4.0 min of wall time over 2 invocation(s)" in line and "25% of the slots" in line  # 120 s / (240 s x 2)
-    killed = {"started": "2026-11-30T09:00:00+00:00", "slots": 2}  # a SIGKILLed driver records no end
-    (line,) = sweep_cost([killed, run], trials)
-    assert "not computed: 1 of 2 invocation(s)" in line and "%" not in line
+    killed = {"started": "2026-11-30T09:00:00+00:00", "last_logged": "2026-11-30T09:04:00+00:00", "slots": 2}
+    (line,) = sweep_cost([killed, run], trials)  # a SIGKILLed driver records no end: its log's last line does
+    assert "6.0 min of wall time over 2 invocation(s)" in line and "(1 killed: each ends at its log" in line
+    assert "17% of the slots" in line  # 120 s / (360 s x 2)
+    running = {"started": "2026-11-30T09:00:00+00:00", "slots": 2}
+    (line,) = sweep_cost([running, run], trials)
+    assert "not computed: 1 of 2 invocation(s) have no end yet" in line and "%" not in line
+
+
+def test_a_killed_invocation_ends_at_its_logs_last_stamp_and_a_live_one_has_no_end(tmp_path):
+    import os
+
+    from ablation import study
+
+    manifest = {"invocations": [{"started": "2026-12-01T23:07:32+00:00"}, {"started": "2026-12-02T02:07:57+00:00",
+                                                                           "ended": "2026-12-02T02:12:44+00:00"},
+                                {"started": "2026-12-02T03:00:00+00:00"}]}
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "run001.log").write_text("[0:01] started  rot-s0\n[2:38:17] 0/15 trials done\n")
+    (tmp_path / "logs" / "run003.log").write_text("[0:30] 0/15 trials done\n[1:00] 0/15 trials done\n")
+    runs = study.with_ends(tmp_path, manifest)
+    assert runs[0]["last_logged"] == "2026-12-02T01:45:49+00:00" and "last_logged" not in runs[1]
+    assert runs[2]["last_logged"] == "2026-12-02T03:01:00+00:00"  # its driver is gone: killed
+    (tmp_path / study.LOCK).write_text(f"{os.getpid()} {__import__('socket').gethostname()}\n")  # alive
+    assert "last_logged" not in study.with_ends(tmp_path, manifest)[2]
+    assert "last_logged" not in manifest["invocations"][0]  # the manifest itself is not changed
 
 
 def test_the_epoch_chosen_on_validation_data_gives_the_test_accuracy_reported_for_it():

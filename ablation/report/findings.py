@@ -70,23 +70,28 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
 
 
 def sweep_cost(runs: list[dict[str, Any]], trials: pd.DataFrame) -> list[str]:
-    """How much of the slots' wall time went into epochs: the rest is Ray, start-up, dependency waits. A
-    driver killed with SIGKILL records no end time, so a study with such a run gets no figure: counting its
-    epochs against the other runs' wall time alone would overstate the share (above 100%)."""
+    """How much of the slots' wall time went into epochs: the rest is Ray, start-up, dependency waits, work
+    lost to kills. A driver killed with SIGKILL records no end: its run ends at its log's last line
+    (study.with_ends); without either (still running) there is no figure, since counting the epochs against
+    the other runs' wall time alone would overstate the share (above 100%)."""
     epochs = float(trials["wall_time_s"].fillna(0).sum())
     if not runs or not epochs:
         return []
     cost = study.sweep_cost(runs, epochs, len(trials))
     if cost is None:
-        killed = sum(1 for r in runs if not r.get("ended"))
-        return [f"- Sweep cost: not computed: {killed} of {len(runs)} invocation(s) ended without recording an "
-                f"end time (killed, or still running)"]
+        open_ = sum(1 for r in runs if not r.get("ended") and not r.get("last_logged"))
+        return [f"- Sweep cost: not computed: {open_} of {len(runs)} invocation(s) have no end yet (still running, "
+                f"or killed before logging a line)"]
     slots = sorted({r.get("slots", 1) for r in runs})
+    killed = sum(1 for r in runs if not r.get("ended"))
     return [f"- Sweep cost: {cost['wall_s'] / 60:.1f} min of wall time over {len(runs)} invocation(s) x "
-            f"{'/'.join(f'{s:g}' for s in slots)} parallel slots; epochs (training + evaluation) took "
+            f"{'/'.join(f'{s:g}' for s in slots)} parallel slots"
+            + (f" ({killed} killed: each ends at its log's last line, at most 30 s early)" if killed else "")
+            + f"; epochs (training + evaluation) took "
             f"{cost['epochs_s'] / 60:.1f} min of it, {100 * cost['share']:.0f}% of the slots, "
             f"{cost['wall_over_ideal']:.2f}x the ideal wall time (the rest: Ray and trial start-up, data loading, "
-            f"checkpoints, waiting for pretraining: {cost['fixed_per_trial_s']:.1f} s per trial)"]
+            f"checkpoints, waiting for pretraining, work lost to kills: {cost['fixed_per_trial_s']:.1f} s per "
+            f"trial)"]
 
 
 def _ci(iv_row: pd.Series, label: str) -> str:

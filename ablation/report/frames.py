@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ..config import LOCATION_KEYS, TrialConfig, data_source
-from ..study import FINISHED, data_sources, read_manifest, trial_records
+from ..study import FINISHED, data_sources, read_manifest, trial_records, with_ends
 from .checks import trial_checks
 
 CONFIG_KEYS = [k for k in TrialConfig.fields() if k not in LOCATION_KEYS]
@@ -62,6 +62,7 @@ def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFr
     """(manifest, epochs frame, trials frame); the trials frame holds every trial the study ever planned,
     `current` saying which ones the newest spec asks for (only those enter tables and figures)."""
     manifest = read_manifest(study_dir)
+    manifest["invocations"] = with_ends(study_dir, manifest)  # killed ones end at their log's last line
     records = trial_records(study_dir, manifest)
     by_key = {r["key"]: r for r in records}
     sources = data_sources(manifest)
@@ -73,7 +74,8 @@ def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFr
     for r in records:
         base = {"trial": r["name"], "key": r["key"], **_config_columns(r, by_key)}
         columns.update(dict.fromkeys(base))
-        trial_rows.append({**base, "task": task(r["config"]), "state": r["state"], "current": r["current"], "finished": r["state"] == FINISHED,
+        trial_rows.append({**base, "task": task(r["config"]), "state": r["state"], "current": r["current"],
+                           "finished": r["state"] == FINISHED,
                            "trained": r["trained"], "code": ", ".join(r["code"]), **_summary(r),
                            "checks": trial_checks(r, by_key),
                            "search": r.get("search", ""), "chosen": r.get("chosen", ""),
