@@ -242,9 +242,17 @@ def sweep_cost(invocations: list[dict[str, Any]], epoch_seconds: float, trials: 
 
 def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One record per trial the study ever planned, current spec first: its entry, epoch rows (deduplicated),
-    epochs trained in all (retrained ones again), the code versions that trained them (in order; "unrecorded"
-    for epochs logged before versions were), state, and whether the current spec asks for it."""
+    epochs trained in all (retrained ones again), the code versions that trained them (in order), state, and
+    whether the current spec asks for it."""
     manifest = manifest or read_manifest(study_dir)
+    started = [(r["started"], r["code_version"]) for r in manifest.get("invocations", [])]
+
+    def code(line: dict[str, Any]) -> str:
+        """The line's code version; for a line from before versions were logged, that of the invocation that
+        started last before it (one driver at a time: the lock)."""
+        return line.get("code") or next((v for t, v in reversed(started) if t <= line.get("time", "")),
+                                        "unrecorded")
+
     current = current_keys(manifest)
     last = manifest["invocations"][-1] if manifest.get("invocations") else {}
     live = live_driver(study_dir) is not None
@@ -268,6 +276,6 @@ def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -
             state = INTERRUPTED if rows else NOT_STARTED
         log = trained_log(location)
         out.append({"key": key, **entry, "location": location, "rows": rows, "trained": len(log),
-                    "code": list(dict.fromkeys(line.get("code", "unrecorded") for line in log)), "state": state,
+                    "code": list(dict.fromkeys(code(line) for line in log)), "state": state,
                     "current": key in current, "reason": reason})
     return out

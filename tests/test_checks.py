@@ -142,8 +142,9 @@ def test_report_md_warns_at_the_top_for_each_trial_that_failed_a_check(tmp_path)
         f"{loaded['ft-pretrained-f4-s1']}, rot-s1 ended with 0123456789abcdef)",
         f"> **Warning**: trial ft-pretrained-f0-s1 failed a check: backbone FAIL (loaded "
         f"{loaded['ft-pretrained-f0-s1']}, rot-s1 ended with 0123456789abcdef)"]
-    assert "| ft-pretrained-f0-s0 | 458fee7903 | 18.75 | 18.75 | 3.61 | 0 | ? | unrecorded | backbone pass |" in lines
-    assert "| rot-s0 | 530b748e2a | 27.73 | 27.73 | 4.82 | 0 | ? | unrecorded | backbone recorded |" in lines
+    code = "0.1.0+gf5fec7c9ce17"  # the fixture's invocation
+    assert f"| ft-pretrained-f0-s0 | 458fee7903 | 18.75 | 18.75 | 3.61 | 0 | ? | {code} | backbone pass |" in lines
+    assert f"| rot-s0 | 530b748e2a | 27.73 | 27.73 | 4.82 | 0 | ? | {code} | backbone recorded |" in lines
 
 
 def test_warnings_come_from_the_trials_frame():

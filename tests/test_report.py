@@ -211,19 +211,25 @@ def test_unfinished_study_still_reports(tmp_path):
 
 
 def test_the_trial_table_says_which_code_trained_each_trial_and_what_was_retrained(tmp_path):
-    """A study resumed by newer code: each trial lists the versions in its trained.log ("unrecorded" for lines
-    from before versions were logged), and an epoch trained twice counts as retrained."""
+    """A study resumed by newer code: each trial lists the versions in its trained.log; a line from before
+    versions were logged gets that of the invocation that started last before it ("unrecorded" if none did),
+    and an epoch trained twice counts as retrained."""
     from ablation.report import write_report
 
     study = tmp_path / "tiny"
     shutil.copytree(FIXTURE, study)
+    old = json.loads((study / "manifest.json").read_text())["invocations"][0]["code_version"]
     log = trial_path(study, "rot-s0").parent / "trained.log"
     log.write_text(log.read_text() + json.dumps({"epoch": 2, "pid": 1, "time": "t", "code": "9.9+gnew"}) + "\n")
+    early = trial_path(study, "rot-s1").parent / "trained.log"
+    early.write_text(json.dumps({"epoch": 1, "pid": 1, "time": "2026-01-01T00:00:00+00:00"}) + "\n"
+                     + early.read_text())  # before the study's first invocation: no version to give it
     text = write_report(study).read_text()
     trials = {r["trial"]: r for r in read_csv(study / "report" / "tables" / "trials.csv")}
-    assert trials["rot-s0"]["code"] == "unrecorded, 9.9+gnew" and trials["rot-s0"]["retrained"] == "1"
-    assert trials["rot-s1"]["code"] == "unrecorded" and trials["rot-s1"]["retrained"] == "0"
-    assert "| unrecorded, 9.9+gnew |" in text
+    assert trials["rot-s0"]["code"] == f"{old}, 9.9+gnew" and trials["rot-s0"]["retrained"] == "1"
+    assert trials["rot-s1"]["code"] == f"unrecorded, {old}" and trials["rot-s1"]["retrained"] == "1"
+    assert trials["ft-random-f4-s0"]["code"] == old and trials["ft-random-f4-s0"]["retrained"] == "0"
+    assert f"| {old}, 9.9+gnew |" in text
 
 
 def test_report_on_a_non_study_dir_is_one_line_and_exit_2(tmp_path):
