@@ -34,7 +34,7 @@ class Progress(Callback):
     def __init__(self, trials: int, epochs: int, log: Location, every: float = 30.0):
         self.total, self.epochs, self.log, self.every = trials, epochs, log, every
         self.start = time.monotonic()
-        self.shown = 0.0
+        self.shown = self.logged = 0.0  # when the bar was drawn / a summary line was logged
         self.done = self.failed = self.trained = 0
         self.running: set[str] = set()
         self.lines: list[str] = []
@@ -82,21 +82,23 @@ class Progress(Callback):
 
     def _show(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.tty:
-            if force or now - self.shown >= 1.0:
-                width = 20
-                filled = int(width * self.trained / max(self.epochs, 1))
-                self.out.write(f"\r\033[K[{'#' * filled}{'.' * (width - filled)}] {self.summary()}")
-                self.out.flush()
-                self.drawn, self.shown = True, now
-        elif force or now - self.shown >= self.every:
-            self.shown = now
-            self.event(self.summary())
+        if force or now - self.logged >= self.every:  # on a terminal too: a killed driver's run ends at its
+            self.logged = now                          # log's last line (study.last_logged)
+            if self.tty:
+                self._write_log(f"[{clock(now - self.start)}] {self.summary()}")
+            else:
+                self.event(self.summary())
+        if self.tty and (force or now - self.shown >= 1.0):
+            width = 20
+            filled = int(width * self.trained / max(self.epochs, 1))
+            self.out.write(f"\r\033[K[{'#' * filled}{'.' * (width - filled)}] {self.summary()}")
+            self.out.flush()
+            self.drawn, self.shown = True, now
 
     # ------------------------------------------------------------------ Tune's hooks
 
     def setup(self, **info: Any) -> None:
-        self.shown = time.monotonic()
+        self.shown = self.logged = time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.running.add(trial.trial_id)

@@ -104,7 +104,7 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     finally:
         study.end(study_dir, manifest, failed, skipped, None if unfinished is None else len(unfinished))
     if unfinished:  # Tune ends its run quietly on Ctrl-C (SIGINT, SIGUSR1): the trials' own files say what is left
-        print(f"ablation: study {spec.name} stopped with {len(unfinished)} trial(s) unfinished (every finished "
+        print(f"ablation: study {spec.name} stopped with {len(unfinished)} planned trial(s) unfinished (every finished "
               f"epoch is kept" + (f"; {len(failed)} failed" if failed else "") + "); rerun the same command to "
               f"resume", file=sys.stderr)
         return 130

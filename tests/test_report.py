@@ -326,7 +326,9 @@ def test_sweep_cost_ends_a_killed_run_at_its_last_logged_line_and_skips_a_study_
     assert "17% of the slots" in line  # 120 s / (360 s x 2)
     running = {"started": "2026-11-30T09:00:00+00:00", "slots": 2}
     (line,) = sweep_cost([running, run], trials)
-    assert "not computed: 1 of 2 invocation(s) have no end yet" in line and "%" not in line
+    assert line == "- Sweep cost: not computed: still running"
+    (line,) = sweep_cost([{**running, "last_logged": None}, run], trials)  # killed, and no log (URI storage)
+    assert line == "- Sweep cost: not computed: 1 killed with no log line to date its end"
 
 
 def test_a_killed_invocation_ends_at_its_logs_last_stamp_and_a_live_one_has_no_end(tmp_path):

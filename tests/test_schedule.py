@@ -89,6 +89,23 @@ def test_the_console_gets_a_line_per_event_and_a_summary_the_log_every_epoch(tmp
     assert text.count("rot-s0 epoch ") == 2 and "FAILED" in text
 
 
+def test_on_a_terminal_the_log_still_gets_the_summary_lines(tmp_path, capsys, monkeypatch):
+    """The bar is redrawn in place on a terminal, but the log keeps a stamped summary line every `every`
+    seconds: a killed driver's invocation ends at its log's last line (study.last_logged)."""
+    from ablation.progress import Progress
+
+    monkeypatch.setattr(Progress, "tty", property(lambda self: True))
+    log = tmp_path / "run001.log"
+    p = Progress(trials=1, epochs=2, log=log, every=0.0)
+    a = FakeTrial("rot-s0", "a")
+    p.on_trial_start(0, [], a)
+    a.last_result = {"epoch": 1, "epochs": 2, "train_loss": 1.0, "test_acc": 0.5, "epoch_time_s": 1.0}
+    p.on_trial_result(0, [], a, a.last_result)
+    summaries = [line for line in log.read_text().splitlines() if "trials done" in line]
+    assert summaries and summaries[-1].startswith("[0:00] 0/1 trials done, 1 running") and "1/2 epochs" in summaries[-1]
+    assert "\r\033[K[##########..........] 0/1 trials done" in capsys.readouterr().out  # the bar, half full
+
+
 def test_a_trial_stopped_early_is_said_so_and_its_untrained_epochs_leave_the_total(tmp_path, capsys):
     from ablation.progress import Progress
 

@@ -246,7 +246,7 @@ def test_ctrl_c_says_the_study_stopped_unfinished_and_how_to_resume(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-3000:]
-    assert "ablation: study ctrlc stopped with 2 trial(s) unfinished" in err, err[-3000:]
+    assert "ablation: study ctrlc stopped with 2 planned trial(s) unfinished" in err, err[-3000:]
     assert "rerun the same command to resume" in err and "finished; next" not in out
     assert "Tuner.restore" not in out + err and "Failed to fetch metrics" not in out + err
     manifest = json.loads((study / "manifest.json").read_text())

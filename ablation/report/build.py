@@ -46,7 +46,8 @@ def trials_table(trials: pd.DataFrame) -> Table:
     return Table("trial_states", "Trials", frame[TRIAL_COLUMNS], ["best / final = test accuracy at the best / last "
                                                                   "reported epoch; wall time = sum of epoch times; "
                                                                   "retrained = epochs trained again after an "
-                                                                  "interruption; code = the versions that trained it.",
+                                                                  "interruption (or lost to one, until trained "
+                                                                  "again); code = the versions that trained it.",
                                                                   NOTE],
                  keys=["trial", "key", "state"])
 

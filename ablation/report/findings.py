@@ -47,8 +47,10 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
     last = runs[-1] if runs else {}
     lines = [f"- Study: **{manifest.get('study', '?')}**" + (f" — {manifest['description']}"
                                                           if manifest.get("description") else ""),
-             "- Data: " + "; ".join(_data_copy(source, d) for source, d in sources.items()
-                                    if source.split(":")[0] in datasets),
+             "- Data: " + "; ".join([_data_copy(source, d) for source, d in sources.items()
+                                     if source.split(":")[0] in datasets]
+                                    + [f"{d} (data fingerprint unknown)" for d in datasets
+                                       if not any(source.split(":")[0] == d for source in sources)]),
              "- Code version: " + ", ".join(versions) + (" (runs used more than one)" if len(versions) > 1 else ""),
              f"- Spec digest: {last.get('spec_digest', '?')} (invocation {len(runs)} of the study); created "
              f"{manifest.get('created', '?')}",
@@ -79,9 +81,9 @@ def sweep_cost(runs: list[dict[str, Any]], trials: pd.DataFrame) -> list[str]:
         return []
     cost = study.sweep_cost(runs, epochs, len(trials))
     if cost is None:
-        open_ = sum(1 for r in runs if not r.get("ended") and not r.get("last_logged"))
-        return [f"- Sweep cost: not computed: {open_} of {len(runs)} invocation(s) have no end yet (still running, "
-                f"or killed before logging a line)"]
+        undated = sum(1 for r in runs if not r.get("ended") and "last_logged" in r and not r["last_logged"])
+        why = "still running" if not undated else f"{undated} killed with no log line to date its end"
+        return [f"- Sweep cost: not computed: {why}"]
     slots = sorted({r.get("slots", 1) for r in runs})
     killed = sum(1 for r in runs if not r.get("ended"))
     return [f"- Sweep cost: {cost['wall_s'] / 60:.1f} min of wall time over {len(runs)} invocation(s) x "

@@ -87,7 +87,9 @@ def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFr
                or len({str(r.get(c)) for r in trial_rows if c in r}) > 1}
     trials = pd.DataFrame(trial_rows, columns=[*columns, *SUMMARY, *ROLE])
     trials["epochs_done"] = trials["epochs_done"].fillna(0).astype(int)
-    trials["retrained"] = trials["trained"] - trials["epochs_done"]  # epochs trained again after interruptions
+    # epochs trained again after an interruption (or lost to one, until trained again); 0 where trained.log
+    # is short (a URI run dir killed between its uploads)
+    trials["retrained"] = (trials["trained"] - trials["epochs_done"]).clip(lower=0)
     epochs = pd.DataFrame(epoch_rows, columns=[*columns, *EPOCH_KEYS.values()])
     return manifest, epochs, trials
 
