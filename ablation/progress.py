@@ -29,21 +29,29 @@ def _name(trial) -> str:
 
 
 class Progress(Callback):
-    """A Tune callback over one invocation's trials: `trials` to run, `epochs` still to train in them."""
+    """A Tune callback over one invocation's trials: trial name -> (epochs still to train, the relative cost
+    of one of its epochs: schedule.work / epochs). The ETA weighs epochs by that cost (a freeze-4 epoch
+    costs about half a rotation epoch), so a study whose long trials run first is not promised an early end."""
 
-    def __init__(self, trials: int, epochs: int, log: Location, every: float = 30.0):
-        self.total, self.epochs, self.log, self.every = trials, epochs, log, every
+    def __init__(self, left: dict[str, tuple[int, float]], log: Location, every: float = 30.0):
+        self.log, self.every = log, every
         self.start = time.monotonic()
         self.shown = self.logged = 0.0  # when the bar was drawn / a summary line was logged
-        self.done = self.failed = self.trained = 0
+        self.total = self.epochs = self.done = self.failed = self.trained = 0
+        self.cost = self.spent = 0.0  # of every epoch to train / of those trained so far
+        self.per_epoch: dict[str, float] = {}
         self.running: set[str] = set()
         self.lines: list[str] = []
         self.drawn = False
+        self.add(left)
 
-    def add(self, trials: int, epochs: int) -> None:
-        """Trials planned while the run goes on (a tuned cell's choice on every seed)."""
-        self.total += trials
-        self.epochs += epochs
+    def add(self, left: dict[str, tuple[int, float]]) -> None:
+        """Trials to run, as in the constructor; also those planned while the run goes on (a tuned cell's choice
+        on every seed)."""
+        self.total += len(left)
+        self.epochs += sum(n for n, _ in left.values())
+        self.cost += sum(n * c for n, c in left.values())
+        self.per_epoch.update({name: c for name, (_, c) in left.items()})
 
     # ------------------------------------------------------------------ output
 
@@ -75,8 +83,8 @@ class Progress(Callback):
         elapsed = time.monotonic() - self.start
         waiting = self.total - self.done - self.failed - len(self.running)
         eta = ""
-        if self.trained and self.epochs > self.trained:
-            eta = f", ETA {clock(elapsed / self.trained * (self.epochs - self.trained))}"
+        if self.spent and self.epochs > self.trained:
+            eta = f", ETA {clock(elapsed / self.spent * max(self.cost - self.spent, 0.0))}"
         return (f"{self.done}/{self.total} trials done, {len(self.running)} running, {max(waiting, 0)} waiting, "
                 f"{self.failed} failed; {self.trained}/{self.epochs} epochs; {clock(elapsed)} elapsed{eta}")
 
@@ -106,6 +114,7 @@ class Progress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.trained += 1
+        self.spent += self.per_epoch.get(_name(trial), 0.0)
         self._write_log(f"[{clock(time.monotonic() - self.start)}] {_name(trial)} epoch {result.get('epoch')}/"
                         f"{result.get('epochs')} train_loss {result.get('train_loss', float('nan')):.4f} test_acc "
                         f"{result.get('test_acc', float('nan')):.4f} {result.get('epoch_time_s', 0):.1f}s")
@@ -116,7 +125,9 @@ class Progress(Callback):
         self.done += 1
         last = trial.last_result or {}
         if last.get("epoch", 0) < last.get("epochs", 0):  # Tune's ASHA stopped it (tuning.py)
-            self.epochs -= last["epochs"] - last["epoch"]  # epochs it will never train leave the total (and ETA)
+            never = last["epochs"] - last["epoch"]  # epochs it will never train leave the total (and the ETA)
+            self.epochs -= never
+            self.cost -= never * self.per_epoch.get(_name(trial), 0.0)
             self.event(f"stopped  {_name(trial)} early at epoch {last['epoch']} of {last['epochs']}")
             return
         acc = f"test_acc {last['test_acc']:.4f}" if "test_acc" in last else "nothing left to train"

@@ -97,8 +97,8 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     skipped: dict[str, str] = {}
     unfinished: list[str] | None = None
     try:
-        epochs = sum(t.config.epochs - len(records[t.key]["rows"]) for t in todo)  # still to train
-        failed, skipped = run_tune(study_dir, name, todo, done, spec, gpu, verbose, trackers, log, epochs, manifest,
+        left = {t.key: t.config.epochs - len(records[t.key]["rows"]) for t in todo}  # epochs still to train
+        failed, skipped = run_tune(study_dir, name, todo, done, spec, gpu, verbose, trackers, log, left, manifest,
                                    slots)
         unfinished = unfinished_trials(study_dir, failed, skipped)
     finally:
@@ -219,21 +219,22 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
 
 
 def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str], spec: Spec, gpu: float,
-             verbose: bool, trackers: list, log: Location, epochs: int, manifest: dict,
+             verbose: bool, trackers: list, log: Location, left: dict[str, int], manifest: dict,
              slots: float) -> tuple[dict[str, str], dict[str, str]]:
-    """One Tune run over these trials, each started as soon as its dependency has finished (schedule.py).
-    Returns ({key: Tune's error file} of trials that failed, {key: why} of trials skipped because of them)."""
+    """One Tune run over these trials (left: key -> epochs still to train), each started as soon as its
+    dependency has finished (schedule.py). Returns ({key: Tune's error file} of trials that failed, {key: why}
+    of trials skipped because of them)."""
     if not trials:
         return {}, {}
     from ray import tune
 
     from .progress import Progress
-    from .schedule import DependencySearcher, SearchScheduler
+    from .schedule import DependencySearcher, SearchScheduler, work
     from .trainable import run_trial
 
     if not store.is_uri(study_dir):
         Path(study_dir, study.LOGS_DIR).mkdir(parents=True, exist_ok=True)
-    progress = Progress(len(trials), epochs, log)
+    progress = Progress({t.name: (left[t.key], work(t) / t.config.epochs) for t in trials}, log)
     searching: dict[str, set[str]] = {}
     for t in trials:
         if t.search:
@@ -246,7 +247,7 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
         new = [t for t in planned if t.chosen == cell and not t.search and t.key not in done]  # a search trial
         # of the chosen configuration is that cell's choice on its seed: it was counted and has run
         study.add_trials(study_dir, manifest, [t for t in planned if t.chosen == cell], choices)
-        progress.add(len(new), sum(t.config.epochs for t in new))
+        progress.add({t.name: (t.config.epochs, work(t) / t.config.epochs) for t in new})
         choice = choices.get(cell)
         if choice is None or not choice.get("values"):
             progress.event(f"no choice for {cell}: " + ("a search trial ended unfinished; rerun to finish it"

@@ -70,7 +70,7 @@ def test_the_console_gets_a_line_per_event_and_a_summary_the_log_every_epoch(tmp
     from ablation.progress import Progress
 
     log = tmp_path / "run001.log"
-    p = Progress(trials=2, epochs=3, log=log, every=0.0)
+    p = Progress({"rot-s0": (2, 1.0), "ft-random-f0-s0": (1, 1.0)}, log=log, every=0.0)
     a, b = FakeTrial("rot-s0", "a"), FakeTrial("ft-random-f0-s0", "b")
     p.on_trial_start(0, [], a)
     p.on_trial_start(0, [], b)
@@ -96,7 +96,7 @@ def test_on_a_terminal_the_log_still_gets_the_summary_lines(tmp_path, capsys, mo
 
     monkeypatch.setattr(Progress, "tty", property(lambda self: True))
     log = tmp_path / "run001.log"
-    p = Progress(trials=1, epochs=2, log=log, every=0.0)
+    p = Progress({"rot-s0": (2, 1.0)}, log=log, every=0.0)
     a = FakeTrial("rot-s0", "a")
     p.on_trial_start(0, [], a)
     a.last_result = {"epoch": 1, "epochs": 2, "train_loss": 1.0, "test_acc": 0.5, "epoch_time_s": 1.0}
@@ -109,7 +109,8 @@ def test_on_a_terminal_the_log_still_gets_the_summary_lines(tmp_path, capsys, mo
 def test_a_trial_stopped_early_is_said_so_and_its_untrained_epochs_leave_the_total(tmp_path, capsys):
     from ablation.progress import Progress
 
-    p = Progress(trials=2, epochs=8, log=tmp_path / "run001.log", every=0.0)
+    p = Progress({"ft-random-f0-lr=0.1-s0": (4, 1.0), "ft-random-f0-s0": (4, 1.0)}, log=tmp_path / "run001.log",
+                 every=0.0)
     a, b = FakeTrial("ft-random-f0-lr=0.1-s0", "a"), FakeTrial("ft-random-f0-s0", "b")
     for trial in (a, b):
         p.on_trial_start(0, [], trial)
@@ -118,6 +119,23 @@ def test_a_trial_stopped_early_is_said_so_and_its_untrained_epochs_leave_the_tot
     p.on_trial_complete(0, [], a)  # ASHA stopped it after epoch 1 of 4
     assert "stopped  ft-random-f0-lr=0.1-s0 early at epoch 1 of 4" in capsys.readouterr().out
     assert p.summary().startswith("1/2 trials done, 1 running, 0 waiting, 0 failed; 2/5 epochs")
+
+
+def test_the_eta_weighs_each_epoch_by_its_trials_cost(monkeypatch, tmp_path):
+    """A rotation epoch costs about twice a freeze-4 one: after one rotation epoch in 100 s, 2 rotation and 4
+    freeze-4 epochs are left, 2 + 4 x 0.5 = 4 rotation epochs' worth: 400 s (counting epochs alone: 600 s)."""
+    from ablation import progress
+    from ablation.progress import Progress
+
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    p = Progress({"rot-s0": (3, 2.0), "ft-random-f4-s0": (4, 1.0)}, log=tmp_path / "run001.log")
+    a = FakeTrial("rot-s0", "a")
+    now[0] += 100
+    p.on_trial_result(0, [], a, {"epoch": 1, "epochs": 3})
+    assert p.summary().endswith("1/7 epochs; 1:40 elapsed, ETA 6:40")
+    p.add({"ft-random-f4-s1": (2, 1.0)})  # planned while it runs (a tuned cell's choice)
+    assert p.summary().endswith("1/9 epochs; 1:40 elapsed, ETA 8:20")
 
 
 def test_the_longest_ready_trial_starts_first_so_no_slot_idles_at_the_end():
