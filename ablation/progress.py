@@ -1,6 +1,7 @@
 """What `ablation sweep` prints while it runs: a line per trial start, finish, retry and failure, and a
 short summary (done / running / waiting / failed, epochs, elapsed, ETA) every `every` seconds, drawn in
-place with a bar on a terminal. Every epoch's line goes to the invocation's log file in the study.
+place with a bar on a terminal. Every epoch's line goes to the invocation's log file in the study (on
+object storage, the whole log is written again every UPLOAD_EVERY seconds and at the end).
 
 Why: a researcher wants to see at a glance how far a grid is and when it will end; Tune's trial tables
 (hundreds of lines for a small grid) are still there with `-v`.
@@ -16,6 +17,9 @@ from ray.tune import Callback
 
 from . import store
 from .store import Location
+
+
+UPLOAD_EVERY = 300.0  # s: how stale a killed driver's log (and so its end, study.last_logged) is on object storage
 
 
 def clock(seconds: float) -> str:
@@ -37,6 +41,7 @@ class Progress(Callback):
         self.log, self.every = log, every
         self.start = time.monotonic()
         self.shown = self.logged = 0.0  # when the bar was drawn / a summary line was logged
+        self.uploaded = self.start  # when a URI log was last written whole
         self.total = self.epochs = self.done = self.failed = self.trained = 0
         self.cost = self.spent = 0.0  # of every epoch to train / of those trained so far
         self.per_epoch: dict[str, float] = {}
@@ -69,6 +74,12 @@ class Progress(Callback):
             with open(self.log, "a") as fh:
                 fh.write(line + "\n")
 
+    def _upload(self, now: float) -> None:
+        """A log on object storage is one object, written whole: a driver killed later leaves this copy."""
+        if store.is_uri(self.log):
+            store.write_file(self.log, "\n".join(self.lines) + "\n")
+            self.uploaded = now
+
     def event(self, text: str) -> None:
         stamp = clock(time.monotonic() - self.start)
         line = f"[{stamp}] {text}"
@@ -96,6 +107,8 @@ class Progress(Callback):
                 self._write_log(f"[{clock(now - self.start)}] {self.summary()}")
             else:
                 self.event(self.summary())
+            if now - self.uploaded >= UPLOAD_EVERY:
+                self._upload(now)
         if self.tty and (force or now - self.shown >= 1.0):
             width = 20
             filled = int(width * self.trained / max(self.epochs, 1))
@@ -146,5 +159,4 @@ class Progress(Callback):
 
     def on_experiment_end(self, trials, **info) -> None:
         self.event(self.summary())
-        if store.is_uri(self.log):
-            store.write_file(self.log, "\n".join(self.lines) + "\n")
+        self._upload(time.monotonic())

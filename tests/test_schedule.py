@@ -106,6 +106,30 @@ def test_on_a_terminal_the_log_still_gets_the_summary_lines(tmp_path, capsys, mo
     assert "\r\033[K[##########..........] 0/1 trials done" in capsys.readouterr().out  # the bar, half full
 
 
+def test_a_log_on_object_storage_is_written_every_few_minutes_not_only_at_the_end(monkeypatch, tmp_path):
+    """A killed driver never reaches on_experiment_end: its URI log must already hold lines that date its end
+    (study.last_logged) to within UPLOAD_EVERY."""
+    from ablation import progress, study
+    from ablation.progress import UPLOAD_EVERY, Progress
+
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(Progress, "tty", property(lambda self: False))
+    study_uri = f"file://{tmp_path}/study"
+    log = study.log_location(study_uri, 1)
+    p = Progress({"rot-s0": (20, 1.0)}, log=log)
+    p.setup()
+    a = FakeTrial("rot-s0", "a")
+    step = 100.0
+    for epoch in range(1, 8):
+        now[0] += step
+        p.on_trial_result(0, [], a, {"epoch": epoch, "epochs": 20})
+        written = (tmp_path / "study" / "logs" / "run001.log").exists()
+        assert written == (epoch * step >= UPLOAD_EVERY), epoch
+    # killed here, after epoch 7 (700 s): the copy is from epoch 6 (600 s), the last upload
+    assert study.last_logged(study_uri, 1, "2026-12-01T00:00:00+00:00") == "2026-12-01T00:10:00+00:00"
+
+
 def test_a_trial_stopped_early_is_said_so_and_its_untrained_epochs_leave_the_total(tmp_path, capsys):
     from ablation.progress import Progress
 
