@@ -162,13 +162,13 @@ def begin(study_dir: Location, spec: Spec, spec_path: str, trials: list[Trial], 
 
 
 def end(study_dir: Location, manifest: dict[str, Any], failed: dict[str, str], skipped: dict[str, str],
-        unfinished: int | None) -> None:
+        unfinished: int | None, interrupted: bool) -> None:
     """Record the invocation's end and release the lock. unfinished: trials of the spec left neither done nor
-    failed nor skipped (Tune's run was stopped: Ctrl-C); None when the run ended by an exception."""
+    failed nor skipped, None when the run ended by an exception; interrupted: Tune was stopped (Ctrl-C)."""
     run = manifest["invocations"][-1]
     parts = [f"{len(failed)} failed"] * bool(failed) + [f"{len(skipped)} skipped"] * bool(skipped)
     parts += ["ended by an exception or a second interrupt" if unfinished is None else
-              f"stopped with {unfinished} unfinished" if unfinished else ""]
+              f"{'stopped' if interrupted else 'ended'} with {unfinished} unfinished" if unfinished else ""]
     run.update(ended=provenance.now(), failed=failed, skipped=skipped,
                outcome=", ".join(p for p in parts if p) or "finished")
     save_manifest(study_dir, manifest)

@@ -29,7 +29,6 @@ from .store import Location
 from .tuning import choose
 
 
-
 def warn(msg: str) -> None:
     print(f"ablation: warning: {msg}", file=sys.stderr, flush=True)
 
@@ -95,34 +94,36 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
         print(f"log: {log} (-v prints Tune's tables and every epoch here)", flush=True)
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    unfinished: list[str] | None = None
+    unfinished: int | None = None
+    STOP_SIGNAL.seen = False
     try:
         left = {t.key: t.config.epochs - len(records[t.key]["rows"]) for t in todo}  # epochs still to train
         failed, skipped = run_tune(study_dir, name, todo, done, spec, gpu, verbose, trackers, log, left, manifest,
                                    slots)
         unfinished = unfinished_trials(study_dir, failed, skipped)
     finally:
-        study.end(study_dir, manifest, failed, skipped, None if unfinished is None else len(unfinished))
-    if unfinished:  # Tune ends its run quietly on Ctrl-C (SIGINT, SIGUSR1): the trials' own files say what is left
-        print(f"ablation: study {spec.name} stopped with {len(unfinished)} planned trial(s) unfinished (every finished "
-              f"epoch is kept" + (f"; {len(failed)} failed" if failed else "") + "); rerun the same command to "
-              f"resume", file=sys.stderr)
-        return 130
+        study.end(study_dir, manifest, failed, skipped, unfinished, STOP_SIGNAL.seen)
     if failed or skipped:
         names = [manifest["trials"][k]["name"] for k in failed]
         print(f"ablation: {len(failed)} trial(s) failed after retries: {', '.join(names)}"
               + (f"; {len(skipped)} skipped ({next(iter(skipped.values()))})" if skipped else "")
               + f"; see `ablation status {study_dir}` and Tune's error.txt under {store.child(study_dir, 'tune')}, "
               f"then rerun the same command to retry them", file=sys.stderr)
+    if unfinished:  # Tune returns quietly on Ctrl-C (SIGINT, SIGUSR1): the trials' own files say what is left
+        print(f"ablation: study {spec.name} {'stopped' if STOP_SIGNAL.seen else 'ended'} with {unfinished} planned "
+              f"trial(s) unfinished (every finished epoch is kept); rerun the same command to "
+              f"{'resume' if STOP_SIGNAL.seen else 'train them'}", file=sys.stderr)
+        return 130 if STOP_SIGNAL.seen else 1
+    if failed or skipped:
         return 1
     print(f"study {spec.name} finished; next: ablation report {study_dir}", flush=True)
     return 0
 
 
-def unfinished_trials(study_dir: Location, failed: dict[str, str], skipped: dict[str, str]) -> list[str]:
-    """Names of the current spec's trials that are not done and did not fail or get skipped."""
-    return [r["name"] for r in study.trial_records(study_dir) if r["current"] and r["state"] not in study.DONE
-            and r["key"] not in failed and r["key"] not in skipped]
+def unfinished_trials(study_dir: Location, failed: dict[str, str], skipped: dict[str, str]) -> int:
+    """How many of the current spec's trials are not done and did not fail or get skipped."""
+    return sum(1 for r in study.trial_records(study_dir) if r["current"] and r["state"] not in study.DONE
+               and r["key"] not in failed and r["key"] not in skipped)
 
 
 def plan_study(spec: Spec, study_dir: Location, failed: set[str] = frozenset(),
@@ -177,10 +178,28 @@ class _Drop(logging.Filter):
         return self.text not in record.getMessage()
 
 
+class _Seen(logging.Filter):
+    """Passes every record on, and notes whether one contained this text since `seen` was last reset."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text, self.seen = text, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.seen = self.seen or self.text in record.getMessage()
+        return True
+
+
 # On Ctrl-C Tune lists the trials that never started as "Failed to fetch metrics" (nothing failed), and advises
 # Tuner.restore(...): wrong here, where rerunning the same command resumes (run_study says so).
 NO_FETCH_WARNING = _Drop("Failed to fetch metrics")
 NO_RESTORE_ADVICE = _Drop("Resume experiment with: Tuner.restore")
+# Tune's handler of SIGINT and SIGUSR1 replaces any other and says only this: what tells a stop from a run that
+# left trials unfinished by itself (a bug, which must not be called a Ctrl-C)
+STOP_SIGNAL = _Seen("Stop signal received")
+# "The `on_step_begin` operation took 1.3 s, which may be a performance bottleneck": Tune's timing of its own
+# loop on a busy machine, a line every few minutes of a long study that the user cannot act on
+NO_BOTTLENECK_NOTE = _Drop("may be a performance bottleneck")
 
 
 def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[float, float]:
@@ -192,12 +211,11 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
     if not verbose:
         for name in ("ray", "ray.tune", "ray.train"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        # "The `on_step_begin` operation took 1.3 s, which may be a performance bottleneck": Tune's timing of its
-        # own loop on a busy machine, a line every few minutes of a long study that the user cannot act on
-        logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
+        logging.getLogger("ray.tune.utils.util").addFilter(NO_BOTTLENECK_NOTE)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's new console output prints its banner even at verbose=0
         logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(NO_FETCH_WARNING)
-    logging.getLogger("ray.tune.tune").addFilter(NO_RESTORE_ADVICE)  # the same filter twice is added once
+    for tune_filter in (NO_RESTORE_ADVICE, STOP_SIGNAL):  # the same filter twice is added once
+        logging.getLogger("ray.tune.tune").addFilter(tune_filter)
     if not ray.is_initialized():
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
