@@ -1,7 +1,7 @@
 """What `ablation sweep` prints while it runs: a line per trial start, finish, retry and failure, and a
 short summary (done / running / waiting / failed, epochs, elapsed, ETA) every `every` seconds, drawn in
 place with a bar on a terminal. Every epoch's line goes to the invocation's log file in the study (on
-object storage, the whole log is written again every UPLOAD_EVERY seconds and at the end).
+object storage, the whole log is written again every study.LOG_UPLOAD_EVERY seconds and at the end).
 
 Why: a researcher wants to see at a glance how far a grid is and when it will end; Tune's trial tables
 (hundreds of lines for a small grid) are still there with `-v`.
@@ -17,15 +17,7 @@ from ray.tune import Callback
 
 from . import store
 from .store import Location
-
-
-UPLOAD_EVERY = 300.0  # s: how stale a killed driver's log (and so its end, study.last_logged) is on object storage
-
-
-def clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
+from .study import LOG_EVERY, LOG_UPLOAD_EVERY, clock
 
 
 def _name(trial) -> str:
@@ -35,13 +27,16 @@ def _name(trial) -> str:
 class Progress(Callback):
     """A Tune callback over one invocation's trials: trial name -> (epochs still to train, the relative cost
     of one of its epochs: schedule.work / epochs). The ETA weighs epochs by that cost (a freeze-4 epoch
-    costs about half a rotation epoch), so a study whose long trials run first is not promised an early end."""
+    costs about half a rotation epoch), so a study whose long trials run first is not promised an early end.
+    elapsed: seconds since the invocation started (its manifest record), the origin of every [elapsed] stamp,
+    which is how study.last_logged dates a killed driver's end."""
 
-    def __init__(self, left: dict[str, tuple[int, float]], log: Location, every: float = 30.0):
+    def __init__(self, left: dict[str, tuple[int, float]], log: Location, every: float = LOG_EVERY,
+                 elapsed: float = 0.0):
         self.log, self.every = log, every
-        self.start = time.monotonic()
+        self.start = time.monotonic() - elapsed
         self.shown = self.logged = 0.0  # when the bar was drawn / a summary line was logged
-        self.uploaded = self.start  # when a URI log was last written whole
+        self.uploaded = time.monotonic()  # when a URI log was last written whole
         self.total = self.epochs = self.done = self.failed = self.trained = 0
         self.cost = self.spent = 0.0  # of every epoch to train / of those trained so far
         self.per_epoch: dict[str, float] = {}
@@ -107,7 +102,7 @@ class Progress(Callback):
                 self._write_log(f"[{clock(now - self.start)}] {self.summary()}")
             else:
                 self.event(self.summary())
-            if now - self.uploaded >= UPLOAD_EVERY:
+            if now - self.uploaded >= LOG_UPLOAD_EVERY:
                 self._upload(now)
         if self.tty and (force or now - self.shown >= 1.0):
             width = 20

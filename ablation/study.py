@@ -19,7 +19,7 @@ import os
 import re
 import socket
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,22 @@ def done_state(location: Location, rows: list[dict[str, Any]], config: dict[str,
     return FINISHED if is_finished(rows, config) else STOPPED if stopped(location) else None
 
 
+LOG_EVERY = 30.0  # s between a sweep's summary lines in its log: how early a killed driver's end can be dated
+LOG_UPLOAD_EVERY = 300.0  # s between writes of a log on object storage (one object, written whole)
+
+
+def clock(seconds: float) -> str:
+    """The [elapsed] stamp of a log line, seconds since the invocation started: m:ss, or h:mm:ss."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def since(started: str) -> float:
+    """Seconds from an ISO time (provenance.now) to now."""
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(started)).total_seconds()
+
+
 def log_location(study_dir: Location, number: int) -> Location:
     """The console log of invocation `number` (1-based, as in the manifest's order)."""
     return store.child(study_dir, LOGS_DIR, f"run{number:03d}.log")
@@ -204,7 +220,7 @@ def log_location(study_dir: Location, number: int) -> Location:
 
 def last_logged(study_dir: Location, number: int, started: str) -> str | None:
     """When invocation `number` last wrote its log: its start plus the [elapsed] stamp of the log's last line
-    (a summary line every 30 s). What ends an invocation whose driver was killed and recorded no end; None
+    (a summary line every LOG_EVERY seconds). What ends an invocation whose driver was killed and recorded no end; None
     without a stamped line."""
     stamps = re.findall(r"^\[(\d+(?::\d\d){1,2})\]", store.read_file(log_location(study_dir, number)) or "", re.M)
     if not stamps:

@@ -252,7 +252,8 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
 
     if not store.is_uri(study_dir):
         Path(study_dir, study.LOGS_DIR).mkdir(parents=True, exist_ok=True)
-    progress = Progress({t.name: (left[t.key], work(t) / t.config.epochs) for t in trials}, log)
+    progress = Progress({t.name: (left[t.key], work(t) / t.config.epochs) for t in trials}, log,
+                        elapsed=study.since(manifest["invocations"][-1]["started"]))
     searching: dict[str, set[str]] = {}
     for t in trials:
         if t.search:

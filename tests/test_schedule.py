@@ -110,7 +110,8 @@ def test_a_log_on_object_storage_is_written_every_few_minutes_not_only_at_the_en
     """A killed driver never reaches on_experiment_end: its URI log must already hold lines that date its end
     (study.last_logged) to within UPLOAD_EVERY."""
     from ablation import progress, study
-    from ablation.progress import UPLOAD_EVERY, Progress
+    from ablation.progress import Progress
+    from ablation.study import LOG_UPLOAD_EVERY as UPLOAD_EVERY
 
     now = [1000.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
@@ -128,6 +129,17 @@ def test_a_log_on_object_storage_is_written_every_few_minutes_not_only_at_the_en
         assert written == (epoch * step >= UPLOAD_EVERY), epoch
     # killed here, after epoch 7 (700 s): the copy is from epoch 6 (600 s), the last upload
     assert study.last_logged(study_uri, 1, "2026-12-01T00:00:00+00:00") == "2026-12-01T00:10:00+00:00"
+
+
+def test_log_stamps_count_from_the_invocations_start_not_from_the_callbacks(tmp_path):
+    """The sweep builds its Progress after planning and Ray's start; study.last_logged adds the stamps to the
+    manifest's start, so they must count from there."""
+    from ablation.progress import Progress
+
+    log = tmp_path / "run001.log"
+    p = Progress({"rot-s0": (2, 1.0)}, log=log, elapsed=100.0)
+    p.event("started  rot-s0")
+    assert log.read_text().startswith("[1:40] started  rot-s0")
 
 
 def test_a_trial_stopped_early_is_said_so_and_its_untrained_epochs_leave_the_total(tmp_path, capsys):

@@ -88,7 +88,8 @@ def sweep_cost(runs: list[dict[str, Any]], trials: pd.DataFrame) -> list[str]:
     killed = sum(1 for r in runs if not r.get("ended"))
     return [f"- Sweep cost: {cost['wall_s'] / 60:.1f} min of wall time over {len(runs)} invocation(s) x "
             f"{'/'.join(f'{s:g}' for s in slots)} parallel slots"
-            + (f" ({killed} killed: each ends at its log's last line: at most 30 s early, or 5 min for a log on object storage)" if killed else "")
+            + (f" ({killed} killed: each ends at its log's last line: at most {study.LOG_EVERY:.0f} s early, or "
+               f"{study.LOG_UPLOAD_EVERY / 60:.0f} min for a log on object storage)" if killed else "")
             + f"; epochs (training + evaluation) took "
             f"{cost['epochs_s'] / 60:.1f} min of it, {100 * cost['share']:.0f}% of the slots, "
             f"{cost['wall_over_ideal']:.2f}x the ideal wall time (the rest: Ray and trial start-up, data loading, "
