@@ -270,6 +270,7 @@ def test_an_image_folder_copy_of_cifar10_is_compared_with_the_report(tmp_path, t
             + ": 50,000 train / 10,000 test images, 10 classes, 3x32x32 (data fingerprint " + fingerprint) in text
     assert (f"Setup: task {task}, epochs 2." in text) and ("not meaningful" not in text) == comparable
     assert ("so the report column is context" not in text) == comparable
+    assert ("images came from a copy (imagefolder; see Data above)" in text) == comparable  # its caveat stays
 
 
 def test_a_key_the_report_never_heard_of_keeps_its_cells_apart(tmp_path):

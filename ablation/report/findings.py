@@ -159,6 +159,11 @@ def findings(trials: pd.DataFrame, tables: list[Table]) -> list[str]:
         out.append(f"This study used {', '.join(sorted(tasks))}; the report's numbers are for "
                    f"{reference.REPORT_DATASET} (ResNet18, ImageNet stem, {reference.REPORT_FINETUNE_EPOCHS} fine-tune "
                    f"epochs), so comparisons with them are not meaningful here; they are shown for context only.")
+    copies = sorted(set(trials.loc[trials["task"] == reference.REPORT_DATASET, "dataset"]) - {reference.REPORT_DATASET})
+    if copies:
+        out.append(f"The {reference.REPORT_DATASET} images came from a copy ({', '.join(copies)}; see Data above), "
+                   f"not torchvision's original batches: a lossy copy moves accuracy (the CIFAR-10 JPEG copy's README: "
+                   f"about a point), so a report number just outside our CI may reflect the copy, not the method.")
     unfinished = trials[~trials["finished"] & (trials["state"] != study.STOPPED)]
     if len(unfinished):
         out.append(f"{len(unfinished)} of {len(trials)} planned trials are unfinished: tables use finished trials only "
