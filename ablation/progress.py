@@ -40,6 +40,7 @@ class Progress(Callback):
         self.total = self.epochs = self.done = self.failed = self.trained = 0
         self.cost = self.spent = 0.0  # of every epoch to train / of those trained so far
         self.per_epoch: dict[str, float] = {}
+        self.left: dict[str, int] = {}  # trial name -> epochs it has still to train
         self.running: set[str] = set()
         self.lines: list[str] = []
         self.drawn = False
@@ -52,6 +53,19 @@ class Progress(Callback):
         self.epochs += sum(n for n, _ in left.values())
         self.cost += sum(n * c for n, c in left.values())
         self.per_epoch.update({name: c for name, (_, c) in left.items()})
+        self.left.update({name: n for name, (n, _) in left.items()})
+
+    def _forget(self, name: str) -> None:
+        """The epochs a trial will never train (stopped early, failed, skipped) leave the total and the ETA."""
+        never = self.left.pop(name, 0)
+        self.epochs -= never
+        self.cost -= never * self.per_epoch.get(name, 0.0)
+
+    def skip(self, name: str, why: str) -> None:
+        """A trial the searcher will not run (its rotation trial failed): it leaves the count of trials too."""
+        self.total -= 1
+        self._forget(name)
+        self.event(f"skipped  {name}: {why}")
 
     # ------------------------------------------------------------------ output
 
@@ -123,6 +137,7 @@ class Progress(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.trained += 1
         self.spent += self.per_epoch.get(_name(trial), 0.0)
+        self.left[_name(trial)] = max(self.left.get(_name(trial), 0) - 1, 0)
         self._write_log(f"[{clock(time.monotonic() - self.start)}] {_name(trial)} epoch {result.get('epoch')}/"
                         f"{result.get('epochs')} train_loss {result.get('train_loss', float('nan')):.4f} test_acc "
                         f"{result.get('test_acc', float('nan')):.4f} {result.get('epoch_time_s', 0):.1f}s")
@@ -133,9 +148,7 @@ class Progress(Callback):
         self.done += 1
         last = trial.last_result or {}
         if last.get("epoch", 0) < last.get("epochs", 0):  # Tune's ASHA stopped it (tuning.py)
-            never = last["epochs"] - last["epoch"]  # epochs it will never train leave the total (and the ETA)
-            self.epochs -= never
-            self.cost -= never * self.per_epoch.get(_name(trial), 0.0)
+            self._forget(_name(trial))
             self.event(f"stopped  {_name(trial)} early at epoch {last['epoch']} of {last['epochs']}")
             return
         acc = f"test_acc {last['test_acc']:.4f}" if "test_acc" in last else "nothing left to train"
@@ -147,6 +160,7 @@ class Progress(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.running.discard(trial.trial_id)
         self.failed += 1
+        self._forget(_name(trial))
         self.event(f"FAILED   {_name(trial)} after its retries; see {trial.error_file}")
 
     def on_step_end(self, iteration, trials, **info) -> None:

@@ -25,7 +25,8 @@ from .tuning import TuneBlock
 def work(trial: Trial) -> float:
     """A trial's relative cost, to start the longest ready trial first: per epoch, its training images x (one
     forward + two backward passes over the share of the network that trains) plus its evaluated images (a
-    subset size of 0 counts as CIFAR-10's split). An estimate for ordering only."""
+    subset size of 0 counts as CIFAR-10's split). An estimate: it orders the trials and weighs the sweep's ETA
+    (progress.py), never a figure in a report."""
     c = trial.config
     train = c.train_subset or (c.labels_per_class * 10 if c.labels_per_class else 50_000)
     test = c.test_subset or 10_000
@@ -40,9 +41,11 @@ class DependencySearcher(Searcher):
 
     def __init__(self, trials: list[Trial], finished: set[str], param: Callable[[Trial], dict[str, Any]],
                  searching: dict[str, set[str]] | None = None,
-                 expand: Callable[[str, set[str]], list[Trial]] | None = None, stopped: set[str] | None = None):
+                 expand: Callable[[str, set[str]], list[Trial]] | None = None, stopped: set[str] | None = None,
+                 on_skip: Callable[[Trial, str], None] | None = None):
         """searching: cell -> keys of its search trials not done yet; expand(cell, failed keys) -> the trials of
-        the cell's choice, called once its search is done; stopped: keys ASHA stopped (SearchScheduler's)."""
+        the cell's choice, called once its search is done; stopped: keys ASHA stopped (SearchScheduler's);
+        on_skip(trial, why): told of each trial it will not run (the progress line and ETA drop it)."""
         super().__init__()
         self._waiting = list(trials)
         self._finished = set(finished)
@@ -53,6 +56,7 @@ class DependencySearcher(Searcher):
         self._stopped = stopped if stopped is not None else set()
         self.failed: set[str] = set()
         self.skipped: dict[str, str] = {}  # trial key -> why it was not run
+        self._on_skip = on_skip
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         ready = [t for t in self._waiting if t.depends_on is None or t.depends_on in self._finished]
@@ -85,6 +89,8 @@ class DependencySearcher(Searcher):
     def _skip(self, trial: Trial, why: str) -> None:
         self._waiting.remove(trial)
         self.skipped[trial.key] = why
+        if self._on_skip:
+            self._on_skip(trial, why)
         if trial.search in self._searching:
             self._search_done(trial.search, trial.key)
 

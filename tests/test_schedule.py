@@ -43,13 +43,15 @@ def test_a_pretrained_trial_is_offered_once_its_own_rotation_finished():
 
 def test_a_failed_rotation_skips_its_dependents_and_the_rest_goes_on():
     planned = trials()
-    s = make(planned)
+    told = []
+    s = DependencySearcher(planned, set(), lambda t: {"name": t.name}, on_skip=lambda t, why: told.append(t.name))
     [s.suggest(f"t{i}") for i in range(4)]
     s.on_trial_complete("t0", error=True)
     assert s.failed == {planned[0].key}
     assert {planned[0].name} == {t.name for t in planned if t.key in s.failed}
     skipped = [t.name for t in planned if t.key in s.skipped]
     assert skipped == ["ft-pretrained-f4-s0"] and "rot-s0 failed" in s.skipped[planned[2].key]
+    assert told == skipped  # the progress line hears of it
     s.on_trial_complete("t1", result=last_epoch())
     assert names([s.suggest("t4")]) == ["ft-pretrained-f4-s1"]
 
@@ -84,7 +86,8 @@ def test_the_console_gets_a_line_per_event_and_a_summary_the_log_every_epoch(tmp
     assert [line.split("] ", 1)[1] for line in out if "trials done" not in line] == [
         "started  rot-s0", "started  ft-random-f0-s0", "finished rot-s0  test_acc 0.5000",
         "FAILED   ft-random-f0-s0 after its retries; see /x/ft-random-f0-s0/error.txt"]
-    assert out[-1].endswith("1/2 trials done, 0 running, 0 waiting, 1 failed; 2/3 epochs; 0:00 elapsed, ETA 0:00")
+    assert out[-1].endswith("1/2 trials done, 0 running, 0 waiting, 1 failed; 2/2 epochs; 0:00 elapsed")  # the failed
+    # trial's epoch will never be trained: it leaves the total
     text = log.read_text()
     assert text.count("rot-s0 epoch ") == 2 and "FAILED" in text
 
@@ -205,3 +208,23 @@ def test_pending_trials_follow_each_sweeps_slots_and_leave_a_users_setting_alone
     with _pending_trials(4):
         assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "7"
     assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "7"
+
+
+def test_a_failed_trial_and_the_trials_it_skips_leave_the_epochs_and_the_eta(monkeypatch, tmp_path, capsys):
+    """rot-s0 fails after 1 of 3 epochs and its fine-tune is skipped: 2 + 4 epochs will never be trained, so
+    they leave the total and the ETA (else it never reaches 0 and a trial stays 'waiting' for ever)."""
+    from ablation import progress
+    from ablation.progress import Progress
+
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    p = Progress({"rot-s0": (3, 2.0), "rot-s1": (3, 2.0), "ft-pretrained-f4-s0": (4, 1.0)},
+                 log=tmp_path / "run001.log")
+    a = FakeTrial("rot-s0", "a")
+    p.on_trial_start(0, [], a)
+    now[0] += 100
+    p.on_trial_result(0, [], a, {"epoch": 1, "epochs": 3})
+    p.on_trial_error(0, [], a)
+    p.skip("ft-pretrained-f4-s0", "its rotation trial rot-s0 failed")
+    assert "skipped  ft-pretrained-f4-s0: its rotation trial rot-s0 failed" in capsys.readouterr().out
+    assert p.summary() == "0/2 trials done, 0 running, 1 waiting, 1 failed; 1/4 epochs; 1:40 elapsed, ETA 5:00"
