@@ -172,6 +172,11 @@ def data_source(dataset: str, data_dir: str) -> str:
     return f"{dataset}:{data_dir}" if dataset != "fashion-mnist" and data_dir else dataset
 
 
+def dataset_of(source: str) -> str:
+    """The dataset of a data_source() name."""
+    return source.split(":")[0]
+
+
 def unknown_key_message(key: Any, known: Iterable[str], where: str) -> str:
     close = difflib.get_close_matches(key, list(known), n=1) if isinstance(key, str) else []
     hint = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(sorted(known))

@@ -143,13 +143,14 @@ def preflight(cfgs: list[TrialConfig]) -> dict[str, dict[str, Any]]:
     """Load each distinct data source of a study once, before anything is written: a missing dataset, or a
     subset or labels_per_class beyond it, fails here. Returns {"dataset:data_dir": describe(...)} for the
     manifest."""
-    loaded: dict[str, Data] = {}
+    loaded: dict[str, tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] = {}  # labels only: not every copy's pixels
     for cfg in cfgs:
         source = data_source(cfg.dataset, cfg.data_dir)
         if source not in loaded:
-            loaded[source] = full_data(cfg)
-        _check_subsets(cfg, loaded[source].train.y, loaded[source].test.y)
-    return {source: describe(source.split(":")[0], full) for source, full in loaded.items()}
+            full = full_data(cfg)
+            loaded[source] = full.train.y, full.test.y, describe(cfg.dataset, full)
+        _check_subsets(cfg, *loaded[source][:2])
+    return {source: description for source, (_, _, description) in loaded.items()}
 
 
 def take(split: Split, idx: torch.Tensor) -> Split:

@@ -89,10 +89,12 @@ class Progress(Callback):
             store.write_file(self.log, "\n".join(self.lines) + "\n")
             self.uploaded = now
 
-    def event(self, text: str) -> None:
-        stamp = clock(time.monotonic() - self.start)
-        line = f"[{stamp}] {text}"
+    def event(self, text: str, echo: bool = True) -> None:
+        """A stamped line for the log and, if echo, the console."""
+        line = f"[{clock(time.monotonic() - self.start)}] {text}"
         self._write_log(line)
+        if not echo:
+            return
         if self.drawn:
             self.out.write("\r\033[K")
             self.drawn = False
@@ -108,17 +110,14 @@ class Progress(Callback):
         return (f"{self.done}/{self.total} trials done, {len(self.running)} running, {max(waiting, 0)} waiting, "
                 f"{self.failed} failed; {self.trained}/{self.epochs} epochs; {clock(elapsed)} elapsed{eta}")
 
-    def _show(self, force: bool = False) -> None:
+    def _show(self) -> None:
         now = time.monotonic()
-        if force or now - self.logged >= self.every:  # on a terminal too: a killed driver's run ends at its
-            self.logged = now                          # log's last line (study.last_logged)
-            if self.tty:
-                self._write_log(f"[{clock(now - self.start)}] {self.summary()}")
-            else:
-                self.event(self.summary())
+        if now - self.logged >= self.every:  # on a terminal too: a killed driver's run ends at its log's last
+            self.logged = now                # line (study.last_logged); the bar shows it there
+            self.event(self.summary(), echo=not self.tty)
             if now - self.uploaded >= LOG_UPLOAD_EVERY:
                 self._upload(now)
-        if self.tty and (force or now - self.shown >= 1.0):
+        if self.tty and now - self.shown >= 1.0:
             width = 20
             filled = int(width * self.trained / max(self.epochs, 1))
             self.out.write(f"\r\033[K[{'#' * filled}{'.' * (width - filled)}] {self.summary()}")
@@ -138,9 +137,9 @@ class Progress(Callback):
         self.trained += 1
         self.spent += self.per_epoch.get(_name(trial), 0.0)
         self.left[_name(trial)] = max(self.left.get(_name(trial), 0) - 1, 0)
-        self._write_log(f"[{clock(time.monotonic() - self.start)}] {_name(trial)} epoch {result.get('epoch')}/"
-                        f"{result.get('epochs')} train_loss {result.get('train_loss', float('nan')):.4f} test_acc "
-                        f"{result.get('test_acc', float('nan')):.4f} {result.get('epoch_time_s', 0):.1f}s")
+        self.event(f"{_name(trial)} epoch {result.get('epoch')}/{result.get('epochs')} train_loss "
+                   f"{result.get('train_loss', float('nan')):.4f} test_acc {result.get('test_acc', float('nan')):.4f} "
+                   f"{result.get('epoch_time_s', 0):.1f}s", echo=False)
         self._show()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:

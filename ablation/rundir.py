@@ -142,11 +142,6 @@ def trained_log(location: Location) -> list[dict[str, Any]]:
     return _json_lines(store.child(location, TRAINED_LOG))
 
 
-def epochs_trained(location: Location) -> int:
-    """How many epochs this run trained in all, retrained ones counted again."""
-    return len(trained_log(location))
-
-
 def run(cfg: TrialConfig, location: Location, log: Callable[[str], None] = print, report: Report | None = None,
         data=None, node: str = "") -> list[dict[str, Any]]:
     """Train cfg into the run dir, resuming from its newest valid checkpoint if the same config began there.

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from . import provenance, store
-from .config import UserError
+from .config import UserError, dataset_of
 from .rundir import read_rows, stopped, trained_log
 from .spec import TRIALS_DIR, Spec, Trial
-from .states import (DONE, FAILED, FINISHED, INTERRUPTED, NOT_STARTED, RUNNING, SKIPPED,  # noqa: F401 (study.X)
-                     STOPPED, WAITING)
+from .states import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, RUNNING, SKIPPED, STOPPED, WAITING
 from .store import Location
 
 MANIFEST = "manifest.json"
@@ -99,8 +98,8 @@ def check_data(study_dir: Location, manifest: dict[str, Any] | None, data: dict[
         return
     old: dict[str, set[str]] = {}
     for source, d in data_sources(manifest).items():
-        old.setdefault(source.split(":")[0], set()).add(d["fingerprint"])
-    new = {source.split(":")[0]: d["fingerprint"] for source, d in data.items()}
+        old.setdefault(dataset_of(source), set()).add(d["fingerprint"])
+    new = {dataset_of(source): d["fingerprint"] for source, d in data.items()}
     common = set(old) & set(new)
     changed = [d for d in common if new[d] not in old[d]]
     if changed or not common:
@@ -213,9 +212,14 @@ def since(started: str) -> float:
     return (datetime.now(timezone.utc) - datetime.fromisoformat(started)).total_seconds()
 
 
+def run_name(number: int) -> str:
+    """Invocation `number` (1-based, as in the manifest's order) as its Tune experiment and log are named."""
+    return f"run{number:03d}"
+
+
 def log_location(study_dir: Location, number: int) -> Location:
-    """The console log of invocation `number` (1-based, as in the manifest's order)."""
-    return store.child(study_dir, LOGS_DIR, f"run{number:03d}.log")
+    """The console log of invocation `number`."""
+    return store.child(study_dir, LOGS_DIR, f"{run_name(number)}.log")
 
 
 def last_logged(study_dir: Location, number: int, started: str) -> str | None:
@@ -292,6 +296,7 @@ def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -
             state = INTERRUPTED if rows else NOT_STARTED
         log = trained_log(location)
         out.append({"key": key, **entry, "location": location, "rows": rows, "trained": len(log),
-                    "code": list(dict.fromkeys(code(line) for line in log)), "state": state,
+                    "code": list(dict.fromkeys(code(line) for line in log)) or ["unrecorded"] * bool(rows),
+                    "state": state,
                     "current": key in current, "reason": reason})
     return out

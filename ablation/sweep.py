@@ -25,6 +25,7 @@ from . import store, study
 from .config import ConfigError, UserError, read_yaml, unwritable
 from .rundir import mark_stopped, read_rows
 from .spec import Spec, Trial, parse_spec, plan, trial_dir
+from .states import DONE
 from .store import Location
 from .tuning import choose
 
@@ -83,10 +84,10 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     manifest = study.begin(study_dir, spec, spec_path, trials, data, old, slots)
     study.add_trials(study_dir, manifest, [], choices, reopened={t.search for t in trials if t.search})
     records = {r["key"]: r for r in study.trial_records(study_dir, manifest)}
-    done = {k for k, r in records.items() if r["state"] in study.DONE}
+    done = {k for k, r in records.items() if r["state"] in DONE}
     todo = [t for t in trials if t.key not in done]
     run = manifest["invocations"][-1]
-    name = f"run{len(manifest['invocations']):03d}"
+    name = study.run_name(len(manifest["invocations"]))
     log = study.log_location(study_dir, len(manifest["invocations"]))
     print(f"study {spec.name}: {len(trials)} trials in the spec: {len(done & {t.key for t in trials})} finished "
           f"(reused), {len(todo)} to train ({len(run['added'])} new) on {slots:g} slots -> {study_dir}", flush=True)
@@ -122,7 +123,7 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
 
 def unfinished_trials(study_dir: Location, failed: dict[str, str], skipped: dict[str, str]) -> int:
     """How many of the current spec's trials are not done and did not fail or get skipped."""
-    return sum(1 for r in study.trial_records(study_dir) if r["current"] and r["state"] not in study.DONE
+    return sum(1 for r in study.trial_records(study_dir) if r["current"] and r["state"] not in DONE
                and r["key"] not in failed and r["key"] not in skipped)
 
 

@@ -212,8 +212,8 @@ def test_unfinished_study_still_reports(tmp_path):
 
 def test_the_trial_table_says_which_code_trained_each_trial_and_what_was_retrained(tmp_path):
     """A study resumed by newer code: each trial lists the versions in its trained.log; a line from before
-    versions were logged gets that of the invocation that started last before it ("unrecorded" if none did),
-    and an epoch trained twice counts as retrained."""
+    versions were logged gets that of the invocation that started last before it ("unrecorded" if none did, or
+    if a trial has epochs but no log), and an epoch trained twice counts as retrained."""
     from ablation.report import write_report
 
     study = tmp_path / "tiny"
@@ -224,11 +224,13 @@ def test_the_trial_table_says_which_code_trained_each_trial_and_what_was_retrain
     early = trial_path(study, "rot-s1").parent / "trained.log"
     early.write_text(json.dumps({"epoch": 1, "pid": 1, "time": "2026-01-01T00:00:00+00:00"}) + "\n"
                      + early.read_text())  # before the study's first invocation: no version to give it
+    (trial_path(study, "ft-random-f0-s0").parent / "trained.log").unlink()  # epochs, but no log of who trained them
     text = write_report(study).read_text()
     trials = {r["trial"]: r for r in read_csv(study / "report" / "tables" / "trials.csv")}
     assert trials["rot-s0"]["code"] == f"{old}, 9.9+gnew" and trials["rot-s0"]["retrained"] == "1"
     assert trials["rot-s1"]["code"] == f"unrecorded, {old}" and trials["rot-s1"]["retrained"] == "1"
     assert trials["ft-random-f4-s0"]["code"] == old and trials["ft-random-f4-s0"]["retrained"] == "0"
+    assert trials["ft-random-f0-s0"]["code"] == "unrecorded"
     assert f"| {old}, 9.9+gnew |" in text
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from ablation.checkpoint import checkpoint_dirs, load_checkpoint
 from ablation.models import HEAD_KEYS, weights_digest
-from ablation.rundir import epochs_trained, read_rows
+from ablation.rundir import read_rows, trained_log
 from ablation.study import trial_records
 from ablation.sweep import run_study
 from conftest import write_spec
@@ -40,7 +40,7 @@ def rows_by_trial(study: Path) -> dict[str, list[dict]]:
 
 
 def trained_by_trial(study: Path, everything: bool = False) -> dict[str, int]:
-    return {trial: epochs_trained(d) for trial, d in trial_dirs(study, everything).items()}
+    return {trial: len(trained_log(d)) for trial, d in trial_dirs(study, everything).items()}
 
 
 def final_state(study: Path, trial: str) -> dict:
@@ -122,7 +122,7 @@ def test_a_trial_that_crashes_once_finishes_from_its_checkpoint(tmp_path, ray_se
     trial_dir = trial_dirs(tmp_path / "crash")["ft-random-f0-s0"]
     rows = read_rows(trial_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert epochs_trained(trial_dir) == 3  # epoch 1 came from the checkpoint, not retrained
+    assert len(trained_log(trial_dir)) == 3  # epoch 1 came from the checkpoint, not retrained
     clean = write_spec(tmp_path / "n.yaml", name="clean", seeds=[0], init=["random"], freeze=[0],
                        finetune={"epochs": 3})
     assert run_study(str(clean), storage=str(tmp_path)) == 0

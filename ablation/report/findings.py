@@ -11,6 +11,8 @@ from typing import Any
 import pandas as pd
 
 from .. import study
+from ..config import dataset_of
+from ..states import STOPPED
 from . import reference
 from .render import MISSING, fmt, variants
 from .tables import GAP_AT_VAL, GAP_BEST, GAP_FINAL, ROTATION_METRICS, Table
@@ -42,15 +44,15 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
     versions = list(dict.fromkeys(r.get("code_version", "unknown") for r in runs)) or ["unknown"]
     sources = study.data_sources(manifest)
     current = trials[trials["current"]]
-    stopped = int((current["state"] == study.STOPPED).sum())
+    stopped = int((current["state"] == STOPPED).sum())
     datasets = sorted(set(current["dataset"]))
     last = runs[-1] if runs else {}
     lines = [f"- Study: **{manifest.get('study', '?')}**" + (f" — {manifest['description']}"
                                                           if manifest.get("description") else ""),
              "- Data: " + "; ".join([_data_copy(source, d) for source, d in sources.items()
-                                     if source.split(":")[0] in datasets]
+                                     if dataset_of(source) in datasets]
                                     + [f"{d} (data fingerprint unknown)" for d in datasets
-                                       if not any(source.split(":")[0] == d for source in sources)]),
+                                       if not any(dataset_of(source) == d for source in sources)]),
              "- Code version: " + ", ".join(versions) + (" (runs used more than one)" if len(versions) > 1 else ""),
              f"- Spec digest: {last.get('spec_digest', '?')} (invocation {len(runs)} of the study); created "
              f"{manifest.get('created', '?')}",
@@ -164,7 +166,7 @@ def findings(trials: pd.DataFrame, tables: list[Table]) -> list[str]:
         out.append(f"The {reference.REPORT_DATASET} images came from a copy ({', '.join(copies)}; see Data above), "
                    f"not torchvision's original batches: a lossy copy moves accuracy (the CIFAR-10 JPEG copy's README: "
                    f"about a point), so a report number just outside our CI may reflect the copy, not the method.")
-    unfinished = trials[~trials["finished"] & (trials["state"] != study.STOPPED)]
+    unfinished = trials[~trials["finished"] & (trials["state"] != STOPPED)]
     if len(unfinished):
         out.append(f"{len(unfinished)} of {len(trials)} planned trials are unfinished: tables use finished trials only "
                    f"(cells without any show —); learning curves show every reported epoch. See Trials below.")
