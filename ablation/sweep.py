@@ -90,7 +90,8 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     name = study.run_name(len(manifest["invocations"]))
     log = study.log_location(study_dir, len(manifest["invocations"]))
     print(f"study {spec.name}: {len(trials)} trials in the spec: {len(done & {t.key for t in trials})} finished "
-          f"(reused), {len(todo)} to train ({len(run['added'])} new) on {slots:g} slots -> {study_dir}", flush=True)
+          f"(reused), {len(todo)} to train ({len(run['added'])} new) on {slots:g} slot{'s' * (slots != 1)} -> "
+          f"{study_dir}", flush=True)
     if todo:
         print(f"log: {log} (-v prints Tune's tables and every epoch here)", flush=True)
     failed: dict[str, str] = {}
