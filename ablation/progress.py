@@ -1,7 +1,8 @@
-"""What `ablation sweep` prints while it runs: a line per trial start, finish, retry and failure, and a
+"""What `ablation sweep` prints while it runs: a line per trial start, finish, retry, skip and failure, and a
 short summary (done / running / waiting / failed, epochs, elapsed, ETA) every `every` seconds, drawn in
 place with a bar on a terminal. Every epoch's line goes to the invocation's log file in the study (on
-object storage, the whole log is written again every study.LOG_UPLOAD_EVERY seconds and at the end).
+object storage, the whole log is written at the first summary, then every study.LOG_UPLOAD_EVERY seconds,
+and at the end).
 
 Why: a researcher wants to see at a glance how far a grid is and when it will end; Tune's trial tables
 (hundreds of lines for a small grid) are still there with `-v`.
@@ -34,9 +35,10 @@ class Progress(Callback):
     def __init__(self, left: dict[str, tuple[int, float]], log: Location, every: float = LOG_EVERY,
                  elapsed: float = 0.0):
         self.log, self.every = log, every
-        self.start = time.monotonic() - elapsed
+        self.began = time.monotonic()  # the ETA's rate counts from here: set-up before this is no training
+        self.start = self.began - elapsed
         self.shown = self.logged = 0.0  # when the bar was drawn / a summary line was logged
-        self.uploaded = time.monotonic()  # when a URI log was last written whole
+        self.uploaded = float("-inf")  # when a URI log was last written whole: the first summary writes it
         self.total = self.epochs = self.done = self.failed = self.trained = 0
         self.cost = self.spent = 0.0  # of every epoch to train / of those trained so far
         self.per_epoch: dict[str, float] = {}
@@ -84,10 +86,16 @@ class Progress(Callback):
                 fh.write(line + "\n")
 
     def _upload(self, now: float) -> None:
-        """A log on object storage is one object, written whole: a driver killed later leaves this copy."""
-        if store.is_uri(self.log):
+        """A log on object storage is one object, written whole: a driver killed later leaves this copy. A failed
+        write is a warning (the next summary tries again), never the end of the sweep."""
+        if not store.is_uri(self.log):
+            return
+        try:
             store.write_file(self.log, "\n".join(self.lines) + "\n")
             self.uploaded = now
+        except Exception as exc:  # pyarrow raises OSError, ArrowException, ... on a network or credential error
+            print(f"ablation: warning: could not write the sweep log {self.log} ({exc}); trying again later",
+                  file=sys.stderr, flush=True)
 
     def event(self, text: str, echo: bool = True) -> None:
         """A stamped line for the log and, if echo, the console."""
@@ -102,13 +110,13 @@ class Progress(Callback):
         self.out.flush()
 
     def summary(self) -> str:
-        elapsed = time.monotonic() - self.start
+        now = time.monotonic()
         waiting = self.total - self.done - self.failed - len(self.running)
         eta = ""
         if self.spent and self.epochs > self.trained:
-            eta = f", ETA {clock(elapsed / self.spent * max(self.cost - self.spent, 0.0))}"
+            eta = f", ETA {clock((now - self.began) / self.spent * max(self.cost - self.spent, 0.0))}"
         return (f"{self.done}/{self.total} trials done, {len(self.running)} running, {max(waiting, 0)} waiting, "
-                f"{self.failed} failed; {self.trained}/{self.epochs} epochs; {clock(elapsed)} elapsed{eta}")
+                f"{self.failed} failed; {self.trained}/{self.epochs} epochs; {clock(now - self.start)} elapsed{eta}")
 
     def _show(self) -> None:
         now = time.monotonic()

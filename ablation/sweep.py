@@ -15,7 +15,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -97,29 +99,40 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
     unfinished: int | None = None
-    STOP_SIGNAL.seen = False
+    interrupted = False
     try:
         left = {t.key: t.config.epochs - len(records[t.key]["rows"]) for t in todo}  # epochs still to train
-        failed, skipped = run_tune(study_dir, name, todo, done, spec, gpu, verbose, trackers, log, left, manifest,
-                                   slots)
+        failed, skipped, interrupted = run_tune(study_dir, name, todo, done, spec, gpu, verbose, trackers, log, left,
+                                                manifest, slots)
         unfinished = unfinished_trials(study_dir, failed, skipped)
     finally:
-        study.end(study_dir, manifest, failed, skipped, unfinished, STOP_SIGNAL.seen)
+        study.end(study_dir, manifest, failed, skipped, unfinished, interrupted)
+    problems, code = closing(spec.name, study_dir, [manifest["trials"][k]["name"] for k in failed], skipped,
+                             unfinished, interrupted)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if not code:
+        print(f"study {spec.name} finished; next: ablation report {study_dir}", flush=True)
+    return code
+
+
+def closing(name: str, study_dir: Location, failed: list[str], skipped: dict[str, str], unfinished: int,
+            interrupted: bool) -> tuple[list[str], int]:
+    """What a sweep says on stderr as it ends, and its exit code: 0 when every planned trial is done, 130 when
+    a stop signal (Ctrl-C; Tune returns quietly then) left trials unfinished, else 1."""
+    lines = []
     if failed or skipped:
-        names = [manifest["trials"][k]["name"] for k in failed]
-        print(f"ablation: {len(failed)} trial(s) failed after retries: {', '.join(names)}"
-              + (f"; {len(skipped)} skipped ({next(iter(skipped.values()))})" if skipped else "")
-              + f"; see `ablation status {study_dir}` and Tune's error.txt under {store.child(study_dir, 'tune')}, "
-              f"then rerun the same command to retry them", file=sys.stderr)
-    if unfinished:  # Tune returns quietly on Ctrl-C (SIGINT, SIGUSR1): the trials' own files say what is left
-        print(f"ablation: study {spec.name} {'stopped' if STOP_SIGNAL.seen else 'ended'} with {unfinished} planned "
-              f"trial(s) unfinished (every finished epoch is kept); rerun the same command to "
-              f"{'resume' if STOP_SIGNAL.seen else 'train them'}", file=sys.stderr)
-        return 130 if STOP_SIGNAL.seen else 1
-    if failed or skipped:
-        return 1
-    print(f"study {spec.name} finished; next: ablation report {study_dir}", flush=True)
-    return 0
+        parts = ([f"{len(failed)} trial(s) failed after retries: {', '.join(failed)}"] if failed else []) + \
+            ([f"{len(skipped)} skipped ({next(iter(skipped.values()))})"] if skipped else [])
+        lines.append("ablation: " + "; ".join(parts) + f"; see `ablation status {study_dir}` and Tune's error.txt "
+                     f"under {store.child(study_dir, 'tune')}, then rerun the same command to retry them")
+    if unfinished:  # the trials' own files say what is left
+        lines.append(f"ablation: study {name} " + ("stopped" if interrupted else "ended, with no stop signal "
+                                                   "(unexpected: please report it),") + f" with {unfinished} planned "
+                     f"trial(s) unfinished (every finished epoch is kept); rerun the same command to "
+                     f"{'resume' if interrupted else 'train them'}")
+        return lines, 130 if interrupted else 1
+    return lines, 1 if lines else 0
 
 
 def unfinished_trials(study_dir: Location, failed: dict[str, str], skipped: dict[str, str]) -> int:
@@ -240,12 +253,12 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
 
 def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str], spec: Spec, gpu: float,
              verbose: bool, trackers: list, log: Location, left: dict[str, int], manifest: dict,
-             slots: float) -> tuple[dict[str, str], dict[str, str]]:
+             slots: float) -> tuple[dict[str, str], dict[str, str], bool]:
     """One Tune run over these trials (left: key -> epochs still to train), each started as soon as its
     dependency has finished (schedule.py). Returns ({key: Tune's error file} of trials that failed, {key: why}
-    of trials skipped because of them)."""
+    of trials skipped because of them, whether a stop signal (Ctrl-C) ended the run)."""
     if not trials:
-        return {}, {}
+        return {}, {}, False
     from ray import tune
 
     from .progress import Progress
@@ -300,10 +313,11 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
                                   verbose=1 if verbose else 0, callbacks=[progress, *trackers],
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
     )
-    with _pending_trials(slots):
+    STOP_SIGNAL.seen = False
+    with _pending_trials(slots), _sigint_restored():
         results = tuner.fit()
     failed = {r.config["trial"]["key"]: f"{r.path}/error.txt" for r in results if r.error}
-    return failed, searcher.skipped
+    return failed, searcher.skipped, STOP_SIGNAL.seen
 
 
 @contextlib.contextmanager
@@ -319,6 +333,19 @@ def _pending_trials(slots: float):
     finally:
         if mine:
             os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
+
+
+@contextlib.contextmanager
+def _sigint_restored():
+    """Tune installs its own SIGINT handler for the fit and leaves it there when the fit ends normally: a
+    Ctrl-C after it would be swallowed (and taken for a stop of the run). The process's own comes back."""
+    main = threading.current_thread() is threading.main_thread()  # signal.signal works there only
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if main and handler is not None:
+            signal.signal(signal.SIGINT, handler)
 
 
 TRACKERS = {  # --callback name -> (module that must be installed, Tune's logger callback)

@@ -177,6 +177,7 @@ def test_an_image_folder_is_cifar10_only_with_its_classes_sizes_and_image_shape(
     assert D.describe("cifar10", _shaped(D.CIFAR10_CLASSES, 500, 100, 32))["task"] == "cifar10"
 
 
+@pytest.mark.slow
 def test_the_loader_reads_the_cifar10_jpeg_copy_as_cifar10_with_the_readmes_fingerprint(tmp_path, monkeypatch):
     """The real copy through the loader (decoded into a fresh cache, ~20-40 s): the task, sizes and data
     fingerprint that the study's manifest and the README state."""

@@ -111,7 +111,7 @@ def test_on_a_terminal_the_log_still_gets_the_summary_lines(tmp_path, capsys, mo
 
 def test_a_log_on_object_storage_is_written_every_few_minutes_not_only_at_the_end(monkeypatch, tmp_path):
     """A killed driver never reaches on_experiment_end: its URI log must already hold lines that date its end
-    (study.last_logged) to within UPLOAD_EVERY."""
+    (study.last_logged) to within UPLOAD_EVERY: written at the first summary, then every UPLOAD_EVERY."""
     from ablation import progress, study
     from ablation.progress import Progress
     from ablation.study import LOG_UPLOAD_EVERY as UPLOAD_EVERY
@@ -125,13 +125,32 @@ def test_a_log_on_object_storage_is_written_every_few_minutes_not_only_at_the_en
     p.setup()
     a = FakeTrial("rot-s0", "a")
     step = 100.0
-    for epoch in range(1, 8):
+    copy = tmp_path / "study" / "logs" / "run001.log"
+    uploads = []
+    for epoch in range(1, 7):
         now[0] += step
         p.on_trial_result(0, [], a, {"epoch": epoch, "epochs": 20})
-        written = (tmp_path / "study" / "logs" / "run001.log").exists()
-        assert written == (epoch * step >= UPLOAD_EVERY), epoch
-    # killed here, after epoch 7 (700 s): the copy is from epoch 6 (600 s), the last upload
-    assert study.last_logged(study_uri, 1, "2026-12-01T00:00:00+00:00") == "2026-12-01T00:10:00+00:00"
+        if copy.exists() and copy.read_text().count(" epoch ") == epoch:
+            uploads.append(epoch)
+    assert uploads == [1, 1 + int(UPLOAD_EVERY // step)] == [1, 4]
+    # killed here, after epoch 6 (600 s): the copy is from epoch 4 (400 s), the last upload
+    assert study.last_logged(study_uri, 1, "2026-12-01T00:00:00+00:00") == "2026-12-01T00:06:40+00:00"
+
+
+def test_a_failed_log_upload_is_a_warning_not_the_end_of_the_sweep(monkeypatch, tmp_path, capsys):
+    """Tune lets a callback's exception end the whole run: one failed write to object storage must not."""
+    from ablation import store
+    from ablation.progress import Progress
+
+    def refuse(*args):
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(store, "write_file", refuse)
+    p = Progress({"rot-s0": (2, 1.0)}, log="s3://bucket/study/logs/run001.log", every=0.0)
+    p.on_trial_result(0, [], FakeTrial("rot-s0", "a"), {"epoch": 1, "epochs": 2})
+    assert "could not write the sweep log s3://bucket/study/logs/run001.log (connection reset)" in \
+        capsys.readouterr().err
+    assert p.uploaded == float("-inf")  # tried again at the next summary
 
 
 def test_log_stamps_count_from_the_invocations_start_not_from_the_callbacks(tmp_path):
@@ -143,6 +162,21 @@ def test_log_stamps_count_from_the_invocations_start_not_from_the_callbacks(tmp_
     p = Progress({"rot-s0": (2, 1.0)}, log=log, elapsed=100.0)
     p.event("started  rot-s0")
     assert log.read_text().startswith("[1:40] started  rot-s0")
+    assert p.summary().endswith("0/2 epochs; 1:40 elapsed")
+
+
+def test_the_eta_rate_does_not_count_the_set_up_before_training(monkeypatch, tmp_path):
+    """An invocation that spent 100 s on set-up (planning, Ray's start) and then 100 s on 1 of 3 equal epochs
+    has 200 s left, not 400 s."""
+    from ablation import progress
+    from ablation.progress import Progress
+
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    p = Progress({"rot-s0": (3, 1.0)}, log=tmp_path / "run001.log", elapsed=100.0)
+    now[0] += 100
+    p.on_trial_result(0, [], FakeTrial("rot-s0", "a"), {"epoch": 1, "epochs": 3})
+    assert p.summary().endswith("1/3 epochs; 3:20 elapsed, ETA 3:20")
 
 
 def test_a_trial_stopped_early_is_said_so_and_its_untrained_epochs_leave_the_total(tmp_path, capsys):

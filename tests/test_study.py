@@ -1,4 +1,4 @@
-"""The study's record of each invocation's end: what the manifest says happened, and the lock released."""
+"""An invocation's end: what the manifest says happened, the lock released, and what the sweep says."""
 
 from __future__ import annotations
 
@@ -23,3 +23,23 @@ def test_an_invocations_end_says_what_happened(tmp_path, failed, skipped, unfini
     run = json.loads((tmp_path / study.MANIFEST).read_text())["invocations"][-1]
     assert run["outcome"] == outcome and run["failed"] == failed and run["ended"]
     assert not (tmp_path / study.LOCK).exists()
+
+
+@pytest.mark.parametrize("failed, skipped, unfinished, interrupted, says, code", [
+    ([], {}, 0, False, [], 0),
+    (["rot-s0"], {"k": "its rotation trial rot-s0 failed"}, 0, False,
+     ["ablation: 1 trial(s) failed after retries: rot-s0; 1 skipped (its rotation trial rot-s0 failed); see"], 1),
+    ([], {"k": "its rotation trial did not finish in this invocation"}, 0, False,
+     ["ablation: 1 skipped (its rotation trial did not finish in this invocation); see"], 1),
+    (["rot-s1"], {}, 2, True, ["ablation: 1 trial(s) failed after retries: rot-s1; see",
+                               "ablation: study s stopped with 2 planned trial(s) unfinished (every finished epoch is "
+                               "kept); rerun the same command to resume"], 130),
+    ([], {}, 2, False, ["ablation: study s ended, with no stop signal (unexpected: please report it), with 2"], 1)])
+def test_a_sweep_ends_with_a_line_per_problem_and_its_exit_code(failed, skipped, unfinished, interrupted, says,
+                                                                 code):
+    """Failures are named even when a Ctrl-C came too; only a stop signal makes an unfinished run a 'stop' (130)."""
+    from ablation.sweep import closing
+
+    lines, rc = closing("s", "/x/s", failed, skipped, unfinished, interrupted)
+    assert rc == code and len(lines) == len(says)
+    assert all(line.startswith(start) for line, start in zip(lines, says)), lines

@@ -233,9 +233,12 @@ def test_sigkilled_driver_resumes_and_finished_trials_do_not_train_again(tmp_pat
 def test_ctrl_c_says_the_study_stopped_unfinished_and_how_to_resume(tmp_path):
     """Tune ends its run quietly on SIGINT; the sweep must not call the study finished, must not pass on Tune's
     Tuner.restore advice (rerunning the command resumes) nor its "Failed to fetch metrics" list of the trials
-    that never started (one slot: the random-init fine-tune waits in Tune's queue), and records the stop."""
+    that never started (one slot, every CPU Ray sees: the random-init fine-tune waits in Tune's queue), and
+    records the stop."""
+    from ray._private.utils import get_num_cpus  # what the driver's local Ray will have
+
     spec = write_spec(tmp_path / "c.yaml", name="ctrlc", seeds=[0], init=["pretrained", "random"], freeze=[4],
-                      pretrain={"epochs": 4}, finetune={"epochs": 1}, resources={"cpu": 2, "gpu": 0})
+                      pretrain={"epochs": 4}, finetune={"epochs": 1}, resources={"cpu": get_num_cpus(), "gpu": 0})
     study = tmp_path / "ctrlc"
     proc = subprocess.Popen([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

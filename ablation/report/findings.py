@@ -91,7 +91,8 @@ def sweep_cost(runs: list[dict[str, Any]], trials: pd.DataFrame) -> list[str]:
     return [f"- Sweep cost: {cost['wall_s'] / 60:.1f} min of wall time over {len(runs)} invocation(s) x "
             f"{'/'.join(f'{s:g}' for s in slots)} parallel slots"
             + (f" ({killed} killed: each ends at its log's last line: at most {study.LOG_EVERY:.0f} s early, or "
-               f"{study.LOG_UPLOAD_EVERY / 60:.0f} min for a log on object storage)" if killed else "")
+               f"{(study.LOG_UPLOAD_EVERY + study.LOG_EVERY) / 60:.1f} min for a log on object storage)"
+               if killed else "")
             + f"; epochs (training + evaluation) took "
             f"{cost['epochs_s'] / 60:.1f} min of it, {100 * cost['share']:.0f}% of the slots, "
             f"{cost['wall_over_ideal']:.2f}x the ideal wall time (the rest: Ray and trial start-up, data loading, "
@@ -164,8 +165,9 @@ def findings(trials: pd.DataFrame, tables: list[Table]) -> list[str]:
     copies = sorted(set(trials.loc[trials["task"] == reference.REPORT_DATASET, "dataset"]) - {reference.REPORT_DATASET})
     if copies:
         out.append(f"The {reference.REPORT_DATASET} images came from a copy ({', '.join(copies)}; see Data above), "
-                   f"not torchvision's original batches: a lossy copy moves accuracy (the CIFAR-10 JPEG copy's README: "
-                   f"about a point), so a report number just outside our CI may reflect the copy, not the method.")
+                   f"not torchvision's original batches: accuracy on a copy may differ (on the lossy CIFAR-10 JPEG "
+                   f"copy, by about a point, its README says), so a report number just outside our CI may reflect the "
+                   f"copy, not the method.")
     unfinished = trials[~trials["finished"] & (trials["state"] != STOPPED)]
     if len(unfinished):
         out.append(f"{len(unfinished)} of {len(trials)} planned trials are unfinished: tables use finished trials only "
