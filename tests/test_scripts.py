@@ -1,9 +1,10 @@
-"""The shipped shell scripts: one seed of the report's protocol without Ray, and the GPU check's refusal
-when the CIFAR-10 copy was not carried along."""
+"""The shipped shell scripts: one seed of the report's protocol without Ray, the GPU check's refusal when the
+CIFAR-10 copy was not carried along, and publishing a study's report into results/."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,26 @@ def test_gpu_check_refuses_without_the_cifar_copy(tmp_path):
     result = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh")], capture_output=True, text=True,
                             env={**os.environ, "DATA_DIR": str(tmp_path / "none"), "OUT": str(tmp_path / "out")})
     assert result.returncode == 2 and "no CIFAR-10 copy" in result.stderr
+
+
+def test_publish_report_copies_the_report_manifest_and_logs_but_no_checkpoint(tmp_path):
+    study = tmp_path / "tiny"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "study_tiny", study)
+    (study / "logs").mkdir()
+    (study / "logs" / "run001.log").write_text("[0:01] started  rot-s0\n")
+    checkpoint = next((study / "trials").iterdir()) / "checkpoints" / "epoch_0001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.pt").write_bytes(b"weights")
+    out = tmp_path / "results" / "tiny"
+    env = {**os.environ, "ABLATION": f"{sys.executable} -m ablation.cli"}
+    publish = ["bash", str(ROOT / "scripts/publish_report.sh"), str(study), str(out)]
+    for _ in range(2):  # a second run replaces the folder
+        result = subprocess.run(publish, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "logs", "manifest.json", "report.md", "tables"]
+    assert (out / "tables" / "rotation.csv").exists() and (out / "figures" / "learning_curves.png").exists()
+    assert not list(out.rglob("*.pt")) and not list(out.rglob("checkpoints"))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny"]  # no half-copied folder left beside it
+    bad = subprocess.run(["bash", str(ROOT / "scripts/publish_report.sh"), str(tmp_path / "none"), str(tmp_path / "x")],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "not a study directory" in bad.stderr and not (tmp_path / "x").exists()
