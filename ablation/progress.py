@@ -41,6 +41,7 @@ class Progress(Callback):
         self.uploaded = float("-inf")  # when a URI log was last written whole: the first summary writes it
         self.total = self.epochs = self.done = self.failed = self.trained = 0
         self.cost = self.spent = 0.0  # of every epoch to train / of those trained so far
+        self.spent_at = self.began  # when the last epoch was reported
         self.per_epoch: dict[str, float] = {}
         self.left: dict[str, int] = {}  # trial name -> epochs it has still to train
         self.running: set[str] = set()
@@ -113,8 +114,9 @@ class Progress(Callback):
         now = time.monotonic()
         waiting = self.total - self.done - self.failed - len(self.running)
         eta = ""
-        if self.spent and self.epochs > self.trained:
-            eta = f", ETA {clock((now - self.began) / self.spent * max(self.cost - self.spent, 0.0))}"
+        if self.spent and self.epochs > self.trained:  # the rate up to the last epoch, counting down since then
+            rate = (self.spent_at - self.began) / self.spent  # (not creeping up until the next epoch reports)
+            eta = f", ETA {clock(max(rate * max(self.cost - self.spent, 0.0) - (now - self.spent_at), 0.0))}"
         return (f"{self.done}/{self.total} trials done, {len(self.running)} running, {max(waiting, 0)} waiting, "
                 f"{self.failed} failed; {self.trained}/{self.epochs} epochs; {clock(now - self.start)} elapsed{eta}")
 
@@ -144,6 +146,7 @@ class Progress(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.trained += 1
         self.spent += self.per_epoch.get(_name(trial), 0.0)
+        self.spent_at = time.monotonic()
         self.left[_name(trial)] = max(self.left.get(_name(trial), 0) - 1, 0)
         self.event(f"{_name(trial)} epoch {result.get('epoch')}/{result.get('epochs')} train_loss "
                    f"{result.get('train_loss', float('nan')):.4f} test_acc {result.get('test_acc', float('nan')):.4f} "

@@ -165,7 +165,7 @@ def test_log_stamps_count_from_the_invocations_start_not_from_the_callbacks(tmp_
     assert p.summary().endswith("0/2 epochs; 1:40 elapsed")
 
 
-def test_the_eta_rate_does_not_count_the_set_up_before_training(monkeypatch, tmp_path):
+def test_the_eta_rate_ignores_the_set_up_and_counts_down_between_epochs(monkeypatch, tmp_path):
     """An invocation that spent 100 s on set-up (planning, Ray's start) and then 100 s on 1 of 3 equal epochs
     has 200 s left, not 400 s."""
     from ablation import progress
@@ -177,6 +177,8 @@ def test_the_eta_rate_does_not_count_the_set_up_before_training(monkeypatch, tmp
     now[0] += 100
     p.on_trial_result(0, [], FakeTrial("rot-s0", "a"), {"epoch": 1, "epochs": 3})
     assert p.summary().endswith("1/3 epochs; 3:20 elapsed, ETA 3:20")
+    now[0] += 50  # no epoch reported since: the ETA counts down, it does not grow with the wait
+    assert p.summary().endswith("1/3 epochs; 4:10 elapsed, ETA 2:30")
 
 
 def test_a_trial_stopped_early_is_said_so_and_its_untrained_epochs_leave_the_total(tmp_path, capsys):
