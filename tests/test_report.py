@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import math
 import shutil
 import statistics
@@ -168,6 +169,8 @@ def test_report_md(study):
                    manifest["data"]["fashion-mnist"], "Trials finished: 10 of 10", "not meaningful",
                    "Pretraining changes partial fine-tuning (freeze 4)", "paired p = ", "n = 2 seeds"):
         assert needle in text, needle
+    assert re.search(r"partial fine-tuning \(freeze 4\) best-epoch .*; report: \+3\.62 points, (in|out)side our 95% CI\)",
+                     text)
     for link in text.split("](")[1:]:
         assert (study / "report" / link.split(")")[0]).exists()
     assert not list((study / "report").rglob(".*.tmp*"))  # atomic writes leave no temp files

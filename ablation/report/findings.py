@@ -135,7 +135,12 @@ def effect_findings(table: Table) -> list[str]:
                 f"n = {_seeds(row['n pairs'])} "
                 f"(final epoch: {fmt(f + ' mean', row[f + ' mean'])} points, {_ci(row, f)}")
         ref = row.get(f"{b} report")
-        text += f"; report: {fmt(b + ' mean', ref)} points)." if pd.notna(ref) else ")."
+        if pd.notna(ref):  # the report's one run against our interval: the claim's answer in one word
+            where = "" if pd.isna(row[f"{b} CI low"]) else \
+                f", {'outside' if row[f'{b} report outside CI'] else 'inside'} our 95% CI"
+            text += f"; report: {fmt(b + ' mean', ref)} points{where})."
+        else:
+            text += ")."
         v = GAP_AT_VAL.label
         if f"{v} mean" in row and pd.notna(row[f"{v} mean"]):  # the unbiased number, chosen without the test set
             text += (f" At the epoch chosen on validation data: {fmt(v + ' mean', row[v + ' mean'])} points, "
