@@ -46,6 +46,11 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def since(started: str) -> float:
+    """Seconds from a now() time to now."""
+    return (_dt.datetime.now(_dt.timezone.utc) - _dt.datetime.fromisoformat(started)).total_seconds()
+
+
 def record() -> dict:
     return {"code_version": code_version(), "packages": package_versions(), "python": platform.python_version(),
             "host": platform.node(), "time": now()}

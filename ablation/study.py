@@ -19,7 +19,7 @@ import os
 import re
 import socket
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -207,11 +207,6 @@ def clock(seconds: float) -> str:
         f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def since(started: str) -> float:
-    """Seconds from an ISO time (provenance.now) to now."""
-    return (datetime.now(timezone.utc) - datetime.fromisoformat(started)).total_seconds()
-
-
 def run_name(number: int) -> str:
     """Invocation `number` (1-based, as in the manifest's order) as its Tune experiment and log are named."""
     return f"run{number:03d}"
@@ -224,8 +219,8 @@ def log_location(study_dir: Location, number: int) -> Location:
 
 def last_logged(study_dir: Location, number: int, started: str) -> str | None:
     """When invocation `number` last wrote its log: its start plus the [elapsed] stamp of the log's last line
-    (a summary line every LOG_EVERY seconds). What ends an invocation whose driver was killed and recorded no end; None
-    without a stamped line."""
+    (a summary line every LOG_EVERY seconds). What ends an invocation whose driver was killed and recorded no
+    end; None without a stamped line."""
     stamps = re.findall(r"^\[(\d+(?::\d\d){1,2})\]", store.read_file(log_location(study_dir, number)) or "", re.M)
     if not stamps:
         return None

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from . import store, study
+from . import provenance, store, study
 from .config import ConfigError, UserError, read_yaml, unwritable
 from .rundir import mark_stopped, read_rows
 from .spec import Spec, Trial, parse_spec, plan, trial_dir
@@ -267,8 +267,12 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
 
     if not store.is_uri(study_dir):
         Path(study_dir, study.LOGS_DIR).mkdir(parents=True, exist_ok=True)
-    progress = Progress({t.name: (left[t.key], work(t) / t.config.epochs) for t in trials}, log,
-                        elapsed=study.since(manifest["invocations"][-1]["started"]))
+    def to_train(trials: list[Trial], epochs) -> dict[str, tuple[int, float]]:
+        """What Progress counts: name -> (epochs to train, relative cost of one)."""
+        return {t.name: (epochs(t), work(t) / t.config.epochs) for t in trials}
+
+    progress = Progress(to_train(trials, lambda t: left[t.key]), log,
+                        elapsed=provenance.since(manifest["invocations"][-1]["started"]))
     searching: dict[str, set[str]] = {}
     for t in trials:
         if t.search:
@@ -281,7 +285,7 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
         new = [t for t in planned if t.chosen == cell and not t.search and t.key not in done]  # a search trial
         # of the chosen configuration is that cell's choice on its seed: it was counted and has run
         study.add_trials(study_dir, manifest, [t for t in planned if t.chosen == cell], choices)
-        progress.add({t.name: (t.config.epochs, work(t) / t.config.epochs) for t in new})
+        progress.add(to_train(new, lambda t: t.config.epochs))
         choice = choices.get(cell)
         if choice is None or not choice.get("values"):
             progress.event(f"no choice for {cell}: " + ("a search trial ended unfinished; rerun to finish it"
