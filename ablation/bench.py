@@ -10,6 +10,8 @@ batch size and stage per case:
 Images/s counts model inputs (all4: four per image). No Ray is imported: the GPU machine has torch only.
 The three are interleaved in rounds (run_case), so a slow spell of a shared machine does not hit one alone.
 With --concurrent K, each of the K processes on a CPU gets max(1, cores // K) torch threads.
+--precision and --channels-last are the trial keys (auto: bf16 and channels_last on cuda only); each row says
+what they resolved to, so one CPU's fp32 and bf16 figures can be compared.
 
 --json FILE gets a JSON list: one object per case, then, with --concurrent K > 1, one object with
 "case": "concurrent" (K processes running the harness step of rotation/random1 at once, against one).
@@ -158,7 +160,9 @@ def naive_step(s: Setup) -> Callable[[], int]:
 
 def case_config(name: str, args, device: str) -> TrialConfig:
     return TrialConfig.from_dict({**CASES[name], "dataset": args.data, "data_dir": getattr(args, "data_dir", "data"),
-                                  "batch_size": args.batch_size, "device": device, "seed": 0}, where="bench")
+                                  "batch_size": args.batch_size, "device": device, "seed": 0,
+                                  "precision": getattr(args, "precision", "auto"),
+                                  "channels_last": getattr(args, "channels_last", "auto")}, where="bench")
 
 
 def check_fits(cfgs: list[TrialConfig], data: D.Data, args) -> None:
@@ -196,9 +200,14 @@ def run_case(name: str, args, device: str, data, log) -> dict:
     log(f"  {name:<18} " + "  ".join(f"{what} {rate:.1f}" for what, rate in rates.items()) + " images/s")
     cfg = s.cfg
     mode = {"rotation_mode": cfg.rotation_mode} if cfg.stage == "rotation" else {"freeze": cfg.freeze}
-    return {"case": name, "stage": cfg.stage, **mode, "images_per_s": rates,
+    return {"case": name, "stage": cfg.stage, **mode, **numerics(s), "images_per_s": rates,
             "vs_naive": rates["harness"] / rates["naive"], "vs_limit": rates["harness"] / rates["limit"],
             **environment(s.device, args), "naive_workers": cores()}
+
+
+def numerics(s: Setup) -> dict:
+    """What --precision and --channels-last resolved to on this device (auto differs between cpu and cuda)."""
+    return {"precision": "bf16" if s.bf16 else "fp32", "channels_last": s.channels_last}
 
 
 def environment(device: torch.device, args) -> dict:
@@ -220,7 +229,7 @@ def concurrent_worker(args, device: str, data: D.Data, threads: int, barrier, re
         timed(step, args.warmup, 0, s.device)
         barrier.wait(timeout=600)
         t = timed(step, 0, args.steps, s.device)
-        results.put((t.inputs, t.start, t.end))
+        results.put((t.inputs, t.start, t.end, numerics(s)))
     except BaseException as exc:  # the parent raises it; abort() frees the others, so none waits forever
         barrier.abort()
         results.put(f"{type(exc).__name__}: {exc}")
@@ -228,7 +237,8 @@ def concurrent_worker(args, device: str, data: D.Data, threads: int, barrier, re
 
 def run_concurrent(k: int, args, device: str, data: D.Data) -> tuple[float, int]:
     """Images/s of k processes together: all their inputs over the span from first start to last end
-    (a conservative sum: a process that finishes early does not inflate it). Returns (rate, threads each).
+    (a conservative sum: a process that finishes early does not inflate it).
+    Returns (rate, threads each, what precision and memory format resolved to).
     The loaded data travels to them in shared memory (torch's pickler), not loaded k more times."""
     ctx = mp.get_context("spawn")  # fork after CUDA init is unsafe; spawn also gives each a fresh torch
     threads = max(1, cores() // k) if device == "cpu" else torch.get_num_threads()
@@ -244,7 +254,7 @@ def run_concurrent(k: int, args, device: str, data: D.Data) -> tuple[float, int]
     if errors:
         raise RuntimeError(f"a concurrent bench process failed: {errors[0]}")
     span = max(g[2] for g in got) - min(g[1] for g in got)
-    return sum(g[0] for g in got) / span, threads
+    return sum(g[0] for g in got) / span, threads, got[0][3]
 
 
 # ---------------------------------------------------------------------------------------------- entry
@@ -301,14 +311,15 @@ def main(args) -> int:
         rows.append(row)
     if args.concurrent > 1:
         log(f"concurrent: {CONCURRENT_CASE} harness step in 1, then {args.concurrent} processes at once")
-        one, threads_one = run_concurrent(1, args, device, data)
-        many, threads = run_concurrent(args.concurrent, args, device, data)
+        one, threads_one, _ = run_concurrent(1, args, device, data)
+        many, threads, resolved = run_concurrent(args.concurrent, args, device, data)
         note = f", torch threads per process {threads} (= max(1, {cores()} cores // {args.concurrent}))" \
             if device == "cpu" else ""
         log(f"concurrent: 1 process {one:.1f} images/s; {args.concurrent} processes {many:.1f} images/s together "
             f"= {many / one:.2f}x{note}")
         rows.append({"case": "concurrent", "stage": "rotation", "rotation_mode": "random1",
-                     "processes": args.concurrent, "threads_per_process": threads, "threads_single": threads_one,
+                     **resolved, "processes": args.concurrent, "threads_per_process": threads,
+                     "threads_single": threads_one,
                      "images_per_s": {"single": one, "concurrent": many}, "vs_single": many / one,
                      **{k: v for k, v in environment(torch.device(device), args).items() if k != "threads"}})
     if args.json:

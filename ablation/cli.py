@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from .config import TrialConfig, UserError, defaults_table, parse_overrides, read_yaml, unwritable
@@ -138,6 +139,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default="fashion-mnist", help="dataset for the harness and naive cases")
     b.add_argument("--data-dir", default="data", help="its data_dir (imagefolder: the tree or its zips)")
     b.add_argument("--warmup", type=int, default=None, help="untimed steps before each measurement")
+    for f in fields(TrialConfig):  # the trial keys themselves: their default, choices and doc
+        if f.name in ("precision", "channels_last"):
+            b.add_argument("--" + f.name.replace("_", "-"), default=f.default, choices=f.metadata["choices"],
+                           help=f.metadata["doc"])
     b.add_argument("--cases", nargs="+", default=None,
                    help="subset of rotation-random1 rotation-all4 finetune-freeze0 finetune-freeze4 (default all)")
     b.set_defaults(fn=cmd_bench)

@@ -18,13 +18,16 @@ def test_bench_writes_consistent_figures_without_ray(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-c", NO_RAY, "bench", "--device", "cpu", "--batch-size", "8",
                            "--warmup", "1", "--steps", "2", "--cases", "rotation-random1", "--concurrent", "2",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+                           "--precision", "bf16", "--channels-last", "on", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "harness/naive" in proc.stdout and "2 processes" in proc.stdout
     case, concurrent = json.loads(out.read_text())
     assert case["case"] == "rotation-random1" and case["stage"] == "rotation" and case["rotation_mode"] == "random1"
     assert {"device", "torch", "batch_size", "steps", "threads"} <= case.keys()
     assert (case["batch_size"], case["steps"]) == (8, 2)
+    for row in case, concurrent:  # what was asked for is what was measured, and the JSON says so
+        assert (row["precision"], row["channels_last"]) == ("bf16", True)
     rates = case["images_per_s"]
     assert set(rates) == {"harness", "naive", "limit"}
     assert all(math.isfinite(v) and v > 0 for v in rates.values())
