@@ -1,7 +1,9 @@
-"""The README's config table is the code's: a default changed in config.py without the README fails here."""
+"""The README says what the code and the committed runs say: its config table is the code's, its quoted
+figures the runs'."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ablation.config import defaults_table
@@ -10,3 +12,41 @@ from ablation.config import defaults_table
 def test_readme_config_table_is_defaults_table():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert defaults_table().strip() in readme
+
+
+ROOT = Path(__file__).parent.parent
+ONE_SEED_ROWS = {  # README's label of a one-seed row -> the label in the runs' summary.txt
+    "rotation": "rotation",
+    "freeze 4 (layer4 + fc), pretrained": "finetune freeze 4 pretrained",
+    "freeze 4 (layer4 + fc), random": "finetune freeze 4 random",
+    "freeze 0 (full), pretrained": "finetune freeze 0 pretrained",
+    "freeze 0 (full), random": "finetune freeze 0 random",
+}
+
+
+def summary_figures(folder: str) -> dict[str, tuple[str, str, str]]:
+    """(best acc, final acc, lowest loss) per run, as scripts/report_protocol.sh printed them."""
+    rows = {}
+    for line in (ROOT / "results" / folder / "summary.txt").read_text().splitlines():
+        for label in ONE_SEED_ROWS.values():
+            if line.startswith(label + " "):
+                rows[label] = tuple(line[len(label):].split()[:3])
+    return rows
+
+
+def test_readme_one_seed_table_quotes_the_committed_runs():
+    """Every figure of the README's one-seed table is the one its run printed ("(same run)": the figures of
+    the first run, which the second's summary must repeat)."""
+    runs = [summary_figures("protocol-cpu-seed0"), summary_figures("protocol-cpu-seed0-augment")]
+    cell = re.compile(r"([\d.]+) / ([\d.]+), ([\d.]+)")
+    quoted = 0
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] not in ONE_SEED_ROWS or len(cells) != 4:
+            continue
+        label = ONE_SEED_ROWS[cells[0]]
+        for i, (text, run) in enumerate(zip(cells[1:3], runs)):
+            figures = runs[0][label] if text == "(same run)" else cell.fullmatch(text).groups()
+            assert figures == run[label], f"README's {cells[0]!r} column {i + 1}: {text} vs {run[label]}"
+            quoted += 1
+    assert quoted == 2 * len(ONE_SEED_ROWS)
