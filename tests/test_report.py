@@ -145,8 +145,15 @@ def test_paired_difference_matches_scipy(study):
         seeds = sorted(by_seed["pretrained"])
         pre, rnd = [by_seed["pretrained"][s] for s in seeds], [by_seed["random"][s] for s in seeds]
         res = stats.ttest_rel(pre, rnd)
-        mean, low, high = t_ci([a - b for a, b in zip(pre, rnd)])
-        assert int(row["n pairs"]) == len(seeds) == 2
+        diffs = [a - b for a, b in zip(pre, rnd)]
+        mean, low, high = t_ci(diffs)
+        assert int(row["n pairs"]) == int(row["best diff (pts) n"]) == len(seeds) == 2
+        # where one more seed pair would fall (what the report's single pair is compared with): sqrt(n+1) x the CI
+        half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) * math.sqrt(1 + 1 / len(diffs))
+        assert close(row["best diff (pts) PI low"], mean - half) and close(row["best diff (pts) PI high"], mean + half)
+        report = float(row["best diff (pts) report"])
+        assert row["best diff (pts) report outside PI"] == str(not mean - half <= report <= mean + half)
+        assert row["best diff (pts) report outside CI"] == str(not low <= report <= high)
         assert close(row["best diff (pts) mean"], mean) and close(row["best diff (pts) CI low"], low)
         assert close(row["best diff (pts) CI high"], high)
         assert close(row["best diff (pts) t"], res.statistic) and close(row["best diff (pts) p"], res.pvalue)
@@ -169,8 +176,11 @@ def test_report_md(study):
                    manifest["data"]["fashion-mnist"], "Trials finished: 10 of 10", "not meaningful",
                    "Pretraining changes partial fine-tuning (freeze 4)", "paired p = ", "n = 2 seeds"):
         assert needle in text, needle
-    assert re.search(r"partial fine-tuning \(freeze 4\) best-epoch .*; report: \+3\.62 points, (in|out)side our 95% CI\)",
+    assert re.search(r"partial fine-tuning \(freeze 4\) best-epoch .*; report: \+3\.62 points, (in|out)side the 95% CI "
+                     r"of our mean, (in|out)side the 95% prediction interval of one seed pair \[[-+.\d]+, [-+.\d]+\]\)",
                      text)
+    assert re.search(r"the report's 77\.93 % \(one run\) lies (in|out)side the 95% CI of our mean, (in|out)side the 95% "
+                     r"prediction interval of one run \[[.\d]+, [.\d]+\]", text)
     for link in text.split("](")[1:]:
         assert (study / "report" / link.split(")")[0]).exists()
     assert not list((study / "report").rglob(".*.tmp*"))  # atomic writes leave no temp files
@@ -384,3 +394,23 @@ def test_a_validated_effect_finding_states_the_difference_at_the_epoch_chosen_on
     del row[f"{GAP_AT_VAL.label} mean"]
     (plain,) = effect_findings(Table("pretraining_effect", "t", pd.DataFrame([row]), keys=["freeze"]))
     assert "validation" not in plain
+
+
+def test_effect_pairs_cells_that_lack_a_key_and_counts_pairs_per_metric():
+    """A cell whose trials lack a key (NaN: recorded before the key existed) still finds its random partner;
+    n pairs is the best-epoch difference's, and a metric that one trial lacks says its own, smaller n."""
+    import pandas as pd
+
+    from ablation.report.findings import effect_findings
+    from ablation.report.tables import GAP_AT_VAL, GAP_BEST, GAP_FINAL, Table, pretraining_effect
+
+    rows = [{"init": init, "seed": seed, "finished": True, "freeze": 0, "sched": None, "best_test_acc": acc,
+             "final_test_acc": acc, "test_acc_at_best_val": math.nan if (seed, init) == (2, "pretrained") else acc}
+            for seed, pair in enumerate([(0.80, 0.78), (0.81, 0.785), (0.79, 0.782)])
+            for init, acc in zip(("pretrained", "random"), pair)]
+    effect = pretraining_effect(pd.DataFrame(rows), ["freeze", "sched", "init"], (GAP_BEST, GAP_FINAL, GAP_AT_VAL))
+    (row,) = effect.to_dict("records")
+    assert (row["n pairs"], row[f"{GAP_BEST.label} n"], row[f"{GAP_AT_VAL.label} n"]) == (3, 3, 2)
+    assert row[f"{GAP_BEST.label} mean"] == pytest.approx((2.0 + 2.5 + 0.8) / 3)
+    (text,) = effect_findings(Table("pretraining_effect", "t", effect, keys=["freeze", "sched"]))
+    assert "n = 3 seeds (final epoch" in text and "paired p = 0.070, n = 2 seeds." in text

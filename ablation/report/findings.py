@@ -116,8 +116,7 @@ def rotation_findings(table: Table) -> list[str]:
                 f"n = {_seeds(row['n seeds'])}")
         ref = row.get(f"{m.label} report")
         if pd.notna(ref) and pd.notna(row[f"{m.label} CI low"]):
-            where = "outside" if row[f"{m.label} report outside CI"] else "inside"
-            text += f"; the report's {ref} % lies {where} this interval"
+            text += f"; the report's {ref} % (one run) lies {_against(row, m.label, 'run')}"
         out.append(text + ".")
     return out
 
@@ -135,18 +134,28 @@ def effect_findings(table: Table) -> list[str]:
                 f"n = {_seeds(row['n pairs'])} "
                 f"(final epoch: {fmt(f + ' mean', row[f + ' mean'])} points, {_ci(row, f)}")
         ref = row.get(f"{b} report")
-        if pd.notna(ref):  # the report's one run against our interval: the claim's answer in one word
-            where = "" if pd.isna(row[f"{b} CI low"]) else \
-                f", {'outside' if row[f'{b} report outside CI'] else 'inside'} our 95% CI"
+        if pd.notna(ref):  # the report's one run against ours: the claim's answer in a few words
+            where = "" if pd.isna(row[f"{b} CI low"]) else f", {_against(row, b, 'seed pair')}"
             text += f"; report: {fmt(b + ' mean', ref)} points{where})."
         else:
             text += ")."
         v = GAP_AT_VAL.label
         if f"{v} mean" in row and pd.notna(row[f"{v} mean"]):  # the unbiased number, chosen without the test set
+            fewer = row.get(f"{v} n", row["n pairs"])
             text += (f" At the epoch chosen on validation data: {fmt(v + ' mean', row[v + ' mean'])} points, "
-                     f"{_ci(row, v)}, paired p = {fmt(v + ' p', row[v + ' p']).replace(MISSING, 'n/a')}.")
+                     f"{_ci(row, v)}, paired p = {fmt(v + ' p', row[v + ' p']).replace(MISSING, 'n/a')}"
+                     + (f", n = {_seeds(fewer)}." if fewer != row["n pairs"] else "."))
         out.append(text)
     return out
+
+
+def _against(row: pd.Series, label: str, one: str) -> str:
+    """Where the report's single number lies: against the CI of our mean, and against the prediction interval
+    of one more run (or seed pair), the range a single run of ours would fall in 95% of the time."""
+    where = {col: "outside" if row[f"{label} report outside {col}"] else "inside" for col in ("CI", "PI")}
+    low, high = (fmt(f"{label} mean", row[f"{label} PI {end}"]) for end in ("low", "high"))
+    return (f"{where['CI']} the 95% CI of our mean, {where['PI']} the 95% prediction interval of one {one} "
+            f"[{low}, {high}]")
 
 
 def _seeds(n: int) -> str:

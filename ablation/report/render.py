@@ -17,7 +17,8 @@ from .tables import Table
 
 LABELS = {"labels_per_class": "labels/class"}  # shorter headers; any other key is shown by its name
 ALL_LABELS = {"labels_per_class", "pretrain.labels_per_class"}  # 0 means every label: shown as "all"
-HIDDEN = (" std", " CI low", " CI high", " report", " report outside CI")
+HIDDEN = (" std", " CI low", " CI high", " report", " report outside CI", " PI low", " PI high", " report outside PI",
+          " n")  # in the CSV, not the Markdown (the Findings quote the prediction intervals)
 DAGGER = "†"
 MISSING = "—"
 
@@ -90,7 +91,8 @@ def display(table: Table) -> tuple[str, list[tuple[str, list[str]]], bool]:
 def notes(table: Table, dagger: bool) -> list[str]:
     out = list(table.notes)
     if dagger:
-        out.append(f"{DAGGER} the report's number lies outside our 95% CI.")
+        out.append(f"{DAGGER} the report's number lies outside the 95% CI of our mean (the Findings say whether it "
+                   f"lies outside the range of one run of ours too: the 95% prediction interval).")
     tasks = set(table.frame["task"]) if "task" in table.frame else set()
     if tasks and tasks != {reference.REPORT_DATASET}:
         out.append(f"The report used {reference.REPORT_DATASET} (ImageNet-stem ResNet18, "

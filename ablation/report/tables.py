@@ -62,14 +62,16 @@ class Table:
 
 
 def metric_columns(metric: Metric, iv: Interval, cell: dict) -> dict:
-    """mean / std / CI columns of one metric, and the report's number with an outside-our-CI flag.
+    """mean / std / CI columns of one metric and, where the report has a number for the cell, that number
+    with two flags: outside the CI of our mean, and outside the prediction interval of one run (stats.py).
     cell: every config value the cell's trials share (the report's numbers are looked up by them)."""
     out = {f"{metric.label} mean": iv.mean, f"{metric.label} std": iv.std,
            f"{metric.label} CI low": iv.low, f"{metric.label} CI high": iv.high}
     if metric.reference:
-        ref = metric.reference(cell)
-        out[f"{metric.label} report"] = ref
-        out[f"{metric.label} report outside CI"] = not iv.contains(ref)
+        ref, one_run = metric.reference(cell), iv.prediction()
+        out.update({f"{metric.label} report": ref, f"{metric.label} report outside CI": not iv.contains(ref),
+                    f"{metric.label} PI low": one_run.low, f"{metric.label} PI high": one_run.high,
+                    f"{metric.label} report outside PI": not one_run.contains(ref)})
     return out
 
 
@@ -103,15 +105,16 @@ def pretraining_effect(finetune: pd.DataFrame, keys: list[str],
     rows = []
     for key, pre in groups(pretrained, keys):
         rnd = random
-        for k in own:
-            rnd = rnd[rnd[k] == key[k]]
+        for k in own:  # a key a cell lacks (NaN: trials from before it existed) matches the same lack
+            rnd = rnd[(rnd[k] == key[k]) | (rnd[k].isna() & pd.isna(key[k]))]
         if rnd.empty:
             continue
         side = {init: part[part["finished"]].set_index("seed") for init, part in zip(INITS, (pre, rnd))}
         row = dict(key)
         for m in gaps:
             res = paired_test(side["pretrained"][m.column] * m.scale, side["random"][m.column] * m.scale)
-            row["n pairs"] = res.diff.n
+            row.setdefault("n pairs", res.diff.n)  # the first gap's (best), which the findings quote
+            row[f"{m.label} n"] = res.diff.n  # a metric some trials lack (at best val) may have fewer
             row.update(metric_columns(m, res.diff, _shared(pre)))
             row.update({f"{m.label} t": res.t, f"{m.label} p": res.p})
         rows.append(row)
