@@ -197,7 +197,8 @@ def run_case(name: str, args, device: str, data, log) -> dict:
     finally:
         steps["naive"].close()
     rates = {what: inputs[what] / seconds[what] for what in ("harness", "naive", "limit")}
-    log(f"  {name:<18} " + "  ".join(f"{what} {rate:.1f}" for what, rate in rates.items()) + " images/s")
+    log(f"  {name:<18} " + "  ".join(f"{what} {rate:.1f}" for what, rate in rates.items()) + " images/s"
+        + " ({precision}, channels_last {channels_last})".format(**numerics(s)))
     cfg = s.cfg
     mode = {"rotation_mode": cfg.rotation_mode} if cfg.stage == "rotation" else {"freeze": cfg.freeze}
     return {"case": name, "stage": cfg.stage, **mode, **numerics(s), "images_per_s": rates,
@@ -235,7 +236,7 @@ def concurrent_worker(args, device: str, data: D.Data, threads: int, barrier, re
         results.put(f"{type(exc).__name__}: {exc}")
 
 
-def run_concurrent(k: int, args, device: str, data: D.Data) -> tuple[float, int]:
+def run_concurrent(k: int, args, device: str, data: D.Data) -> tuple[float, int, dict]:
     """Images/s of k processes together: all their inputs over the span from first start to last end
     (a conservative sum: a process that finishes early does not inflate it).
     Returns (rate, threads each, what precision and memory format resolved to).

@@ -22,6 +22,7 @@ def test_bench_writes_consistent_figures_without_ray(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "harness/naive" in proc.stdout and "2 processes" in proc.stdout
+    assert "(bf16, channels_last True)" in proc.stdout
     case, concurrent = json.loads(out.read_text())
     assert case["case"] == "rotation-random1" and case["stage"] == "rotation" and case["rotation_mode"] == "random1"
     assert {"device", "torch", "batch_size", "steps", "threads"} <= case.keys()

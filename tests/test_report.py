@@ -176,11 +176,11 @@ def test_report_md(study):
                    manifest["data"]["fashion-mnist"], "Trials finished: 10 of 10", "not meaningful",
                    "Pretraining changes partial fine-tuning (freeze 4)", "paired p = ", "n = 2 seeds"):
         assert needle in text, needle
-    assert re.search(r"partial fine-tuning \(freeze 4\) best-epoch .*; report: \+3\.62 points, (in|out)side the 95% CI "
-                     r"of our mean, (in|out)side the 95% prediction interval of one seed pair \[[-+.\d]+, [-+.\d]+\]\)",
-                     text)
-    assert re.search(r"the report's 77\.93 % \(one run\) lies (in|out)side the 95% CI of our mean, (in|out)side the 95% "
-                     r"prediction interval of one run \[[.\d]+, [.\d]+\]", text)
+    assert re.search(r"partial fine-tuning \(freeze 4\) best-epoch .*The report's best-epoch difference, \+3\.62 points, "
+                     r"lies (in|out)side the 95% CI of our mean.{0,30} the 95% prediction interval of one seed pair of "
+                     r"ours \[[-+.\d]+, [-+.\d]+\]", text)
+    assert re.search(r"the report's 77\.93 % \(one run\) lies (in|out)side the 95% CI of our mean.{0,30} the 95% "
+                     r"prediction interval of one run of ours \[[.\d]+, [.\d]+\]", text)
     for link in text.split("](")[1:]:
         assert (study / "report" / link.split(")")[0]).exists()
     assert not list((study / "report").rglob(".*.tmp*"))  # atomic writes leave no temp files
@@ -414,3 +414,31 @@ def test_effect_pairs_cells_that_lack_a_key_and_counts_pairs_per_metric():
     assert row[f"{GAP_BEST.label} mean"] == pytest.approx((2.0 + 2.5 + 0.8) / 3)
     (text,) = effect_findings(Table("pretraining_effect", "t", effect, keys=["freeze", "sched"]))
     assert "n = 3 seeds (final epoch" in text and "paired p = 0.070, n = 2 seeds." in text
+
+
+@pytest.mark.parametrize("report, mark, words", [
+    (78.0, "", "inside the 95% CI of our mean (and so inside the 95% prediction interval of one run of ours"),
+    (82.0, "†", "outside the 95% CI of our mean but inside the 95% prediction interval of one run of ours"),
+    (90.0, "‡", "outside the 95% CI of our mean and outside the 95% prediction interval of one run of ours"),
+])
+def test_a_report_number_is_judged_against_our_mean_and_against_one_run_of_ours(report, mark, words):
+    """The report's numbers are single runs: outside the CI of our mean is not outside what one run of ours
+    could give (the prediction interval, sqrt(n + 1) times as wide); the table marks and the finding say which."""
+    import pandas as pd
+
+    from ablation.report.findings import rotation_findings
+    from ablation.report.render import markdown
+    from ablation.report.stats import t_interval
+    from ablation.report.tables import Metric, Table, metric_columns
+
+    best = Metric("best acc (%)", "best_test_acc", reference=lambda cell: report)
+    iv = t_interval([77.0, 78.0, 79.5])  # CI [75.04, 81.29]; one run: [71.92, 84.42]
+    row = {"task": "cifar10", "n seeds": 3, "planned": 3, **metric_columns(best, iv, {})}
+    assert (row["best acc (%) PI low"], row["best acc (%) PI high"]) == pytest.approx((71.9151, 84.4183), abs=1e-4)
+    table = Table("rotation", "Rotation", pd.DataFrame([row]), keys=["task"])
+    (finding,) = rotation_findings(table)
+    assert words in finding and "[71.92, 84.42]" in finding
+    text = markdown(table)
+    assert f"| {report:.2f}{mark} |" in text
+    assert ("‡ the report's number (one run) lies outside" in text) == (mark == "‡")
+    assert ("† the report's number (one run) lies outside" in text) == (mark == "†")

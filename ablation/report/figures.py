@@ -152,7 +152,7 @@ def accuracy_by(x: str):
 
 
 def _interval(row: pd.Series, label: str) -> Interval:
-    return Interval(int(row["n pairs"]), *(row[f"{label} {s}"] for s in ("mean", "std", "CI low", "CI high")))
+    return Interval(int(row[f"{label} n"]), *(row[f"{label} {s}"] for s in ("mean", "std", "CI low", "CI high")))
 
 
 def pretraining_gap(epochs, trials, effect):

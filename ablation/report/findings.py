@@ -116,7 +116,7 @@ def rotation_findings(table: Table) -> list[str]:
                 f"n = {_seeds(row['n seeds'])}")
         ref = row.get(f"{m.label} report")
         if pd.notna(ref) and pd.notna(row[f"{m.label} CI low"]):
-            text += f"; the report's {ref} % (one run) lies {_against(row, m.label, 'run')}"
+            text += f"; the report's {ref} % (one run) lies {_against(row, m.label)}"
         out.append(text + ".")
     return out
 
@@ -128,34 +128,43 @@ def effect_findings(table: Table) -> list[str]:
         if row["n pairs"] == 0:
             out.append(f"Pretraining effect on {name}{variant}: no finished pretrained/random seed pair yet.")
             continue
-        b, f = GAP_BEST.label, GAP_FINAL.label
-        text = (f"Pretraining changes {name}{variant} best-epoch test accuracy by {fmt(b + ' mean', row[b + ' mean'])} "
-                f"points, {_ci(row, b)}, paired p = {fmt(b + ' p', row[b + ' p']).replace(MISSING, 'n/a')}, "
-                f"n = {_seeds(row['n pairs'])} "
-                f"(final epoch: {fmt(f + ' mean', row[f + ' mean'])} points, {_ci(row, f)}")
+        b, f, v = GAP_BEST.label, GAP_FINAL.label, GAP_AT_VAL.label
+        text = (f"Pretraining changes {name}{variant} best-epoch test accuracy by {_gap(row, b)}, "
+                f"n = {_seeds(row['n pairs'])} (final epoch: {_gap(row, f, _fewer(row, f))}).")
         ref = row.get(f"{b} report")
-        if pd.notna(ref):  # the report's one run against ours: the claim's answer in a few words
-            where = "" if pd.isna(row[f"{b} CI low"]) else f", {_against(row, b, 'seed pair')}"
-            text += f"; report: {fmt(b + ' mean', ref)} points{where})."
-        else:
-            text += ")."
-        v = GAP_AT_VAL.label
+        if pd.notna(ref) and pd.notna(row[f"{b} CI low"]):  # the report's one pair against ours: the claim's answer
+            text += f" The report's best-epoch difference, {fmt(b + ' mean', ref)} points, lies {_against(row, b)}."
+        elif pd.notna(ref):
+            text += f" The report's best-epoch difference: {fmt(b + ' mean', ref)} points."
         if f"{v} mean" in row and pd.notna(row[f"{v} mean"]):  # the unbiased number, chosen without the test set
-            fewer = row.get(f"{v} n", row["n pairs"])
-            text += (f" At the epoch chosen on validation data: {fmt(v + ' mean', row[v + ' mean'])} points, "
-                     f"{_ci(row, v)}, paired p = {fmt(v + ' p', row[v + ' p']).replace(MISSING, 'n/a')}"
-                     + (f", n = {_seeds(fewer)}." if fewer != row["n pairs"] else "."))
+            text += f" At the epoch chosen on validation data: {_gap(row, v, _fewer(row, v))}."
         out.append(text)
     return out
 
 
-def _against(row: pd.Series, label: str, one: str) -> str:
+def _gap(row: pd.Series, label: str, n: str = "") -> str:
+    """e.g. "+1.88 points, 95% CI [-3.33, +7.09], paired p = 0.137" of one difference column."""
+    return (f"{fmt(label + ' mean', row[label + ' mean'])} points, {_ci(row, label)}, "
+            f"paired p = {fmt(label + ' p', row[label + ' p']).replace(MISSING, 'n/a')}{n}")
+
+
+def _fewer(row: pd.Series, label: str) -> str:
+    """", n = 2 seeds" when this difference has fewer pairs than the best-epoch one (a metric some trials lack)."""
+    n = row.get(f"{label} n", row["n pairs"])
+    return "" if pd.isna(n) or n == row["n pairs"] else f", n = {_seeds(int(n))}"
+
+
+def _against(row: pd.Series, label: str) -> str:
     """Where the report's single number lies: against the CI of our mean, and against the prediction interval
-    of one more run (or seed pair), the range a single run of ours would fall in 95% of the time."""
-    where = {col: "outside" if row[f"{label} report outside {col}"] else "inside" for col in ("CI", "PI")}
+    of one more run (or seed pair) of ours, the range one run would fall in 95% of the time."""
+    one = "seed pair" if "diff" in label else "run"
     low, high = (fmt(f"{label} mean", row[f"{label} PI {end}"]) for end in ("low", "high"))
-    return (f"{where['CI']} the 95% CI of our mean, {where['PI']} the 95% prediction interval of one {one} "
-            f"[{low}, {high}]")
+    interval = f"the 95% prediction interval of one {one} of ours [{low}, {high}]"
+    if row[f"{label} report outside PI"]:
+        return f"outside the 95% CI of our mean and outside {interval}"
+    if row[f"{label} report outside CI"]:
+        return f"outside the 95% CI of our mean but inside {interval}"
+    return f"inside the 95% CI of our mean (and so inside {interval})"
 
 
 def _seeds(n: int) -> str:
@@ -180,8 +189,8 @@ def findings(trials: pd.DataFrame, tables: list[Table]) -> list[str]:
     if copies:
         out.append(f"The {reference.REPORT_DATASET} images came from a copy ({', '.join(copies)}; see Data above), "
                    f"not torchvision's original batches: accuracy on a copy may differ (on the lossy CIFAR-10 JPEG "
-                   f"copy, by about a point, its README says), so a report number just outside our CI may reflect the "
-                   f"copy, not the method.")
+                   f"copy, by about a point, its README says), so a report number just outside our intervals may reflect "
+                   f"the copy, not the method.")
     unfinished = trials[~trials["finished"] & (trials["state"] != STOPPED)]
     if len(unfinished):
         out.append(f"{len(unfinished)} of {len(trials)} planned trials are unfinished: tables use finished trials only "

@@ -1,7 +1,7 @@
 """Numeric tables -> Markdown and LaTeX text (the CSV is the numeric frame itself).
 
-Why: a reader wants "49.21 ± 1.30", "[37.5, 60.9]" and a dagger where the report's number falls outside
-our interval, not eight float columns; and the setup keys that are the same in every row (dataset,
+Why: a reader wants "49.21 ± 1.30", "[37.5, 60.9]" and a mark where the report's number falls outside
+our intervals, not eight float columns; and the setup keys that are the same in every row (dataset,
 epochs, stem, ...) belong in the caption, where they tell which study the numbers come from.
 """
 
@@ -19,7 +19,7 @@ LABELS = {"labels_per_class": "labels/class"}  # shorter headers; any other key 
 ALL_LABELS = {"labels_per_class", "pretrain.labels_per_class"}  # 0 means every label: shown as "all"
 HIDDEN = (" std", " CI low", " CI high", " report", " report outside CI", " PI low", " PI high", " report outside PI",
           " n")  # in the CSV, not the Markdown (the Findings quote the prediction intervals)
-DAGGER = "†"
+DAGGER, DOUBLE_DAGGER = "†", "‡"  # outside the CI of our mean; outside the prediction interval of one run too
 MISSING = "—"
 
 
@@ -64,13 +64,13 @@ def _mean_sd(mean: str, sd: str) -> str:
     return mean if MISSING in (mean, sd) else f"{mean} ± {sd.lstrip('+')}"
 
 
-def display(table: Table) -> tuple[str, list[tuple[str, list[str]]], bool]:
-    """(caption of the constant keys, [(header, cells)], whether any cell carries the dagger)."""
+def display(table: Table) -> tuple[str, list[tuple[str, list[str]]], set[str]]:
+    """(caption of the constant keys, [(header, cells)], the marks that some report cell carries)."""
     df = table.frame
     constant = constant_keys(df, table.keys)
     caption = describe(df.head(1), constant)[0]
     columns = [(label(k), [fmt(k, v) for v in df[k]]) for k in table.keys if k in df and k not in constant]
-    dagger = False
+    used: set[str] = set()
     for col in df.columns:
         if col in table.keys or col.endswith(HIDDEN):
             continue
@@ -82,17 +82,23 @@ def display(table: Table) -> tuple[str, list[tuple[str, list[str]]], bool]:
         lows, highs = ([fmt(col, v) for v in df[f"{p} CI {end}"]] for end in ("low", "high"))
         columns.append(("95% CI", [MISSING if MISSING in (a, b) else f"[{a}, {b}]" for a, b in zip(lows, highs)]))
         if f"{p} report" in df:
-            flags = df[f"{p} report outside CI"].astype(bool)
-            dagger |= bool(flags.any())
-            columns.append(("report", [fmt(col, v) + (DAGGER if f else "") for v, f in zip(df[f"{p} report"], flags)]))
-    return caption, columns, dagger
+            marks = [DOUBLE_DAGGER if pi else DAGGER if ci else "" for ci, pi in
+                     zip(df[f"{p} report outside CI"].astype(bool), df[f"{p} report outside PI"].astype(bool))]
+            used |= set(marks)
+            columns.append(("report", [fmt(col, v) + mark for v, mark in zip(df[f"{p} report"], marks)]))
+    return caption, columns, used - {""}
 
 
-def notes(table: Table, dagger: bool) -> list[str]:
+def notes(table: Table, marks: set[str]) -> list[str]:
     out = list(table.notes)
-    if dagger:
-        out.append(f"{DAGGER} the report's number lies outside the 95% CI of our mean (the Findings say whether it "
-                   f"lies outside the range of one run of ours too: the 95% prediction interval).")
+    one = "seed pair" if table.name == "pretraining_effect" else "run"
+    if DAGGER in marks:
+        out.append(f"{DAGGER} the report's number (one {one}) lies outside the 95% CI of our mean, but inside the "
+                   f"95% prediction interval of one {one} of ours (mean ± t sd sqrt(1 + 1/n)): a single {one} of ours "
+                   f"could have given it.")
+    if DOUBLE_DAGGER in marks:
+        out.append(f"{DOUBLE_DAGGER} the report's number (one {one}) lies outside the 95% CI of our mean and outside "
+                   f"the 95% prediction interval of one {one} of ours (mean ± t sd sqrt(1 + 1/n)).")
     tasks = set(table.frame["task"]) if "task" in table.frame else set()
     if tasks and tasks != {reference.REPORT_DATASET}:
         out.append(f"The report used {reference.REPORT_DATASET} (ImageNet-stem ResNet18, "
@@ -102,31 +108,32 @@ def notes(table: Table, dagger: bool) -> list[str]:
 
 
 def markdown(table: Table, level: int = 3) -> str:
-    caption, columns, dagger = display(table)
+    caption, columns, marks = display(table)
     lines = [f"{'#' * level} {table.title}", "", *([f"Setup: {caption}.", ""] if caption else [])]
     lines.append("| " + " | ".join(h for h, _ in columns) + " |")
     lines.append("|" + "|".join("---" for _ in columns) + "|")
     lines += ["| " + " | ".join(cells) + " |" for cells in zip(*(c for _, c in columns))]
-    lines += [""] + [f"{n}  " for n in notes(table, dagger)]
+    lines += [""] + [f"{n}  " for n in notes(table, marks)]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def _tex(text: str) -> str:
     for a, b in (("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_")):
         text = text.replace(a, b)
-    for a, b in (("±", r"$\pm$"), (DAGGER, r"$^\dagger$"), (MISSING, "--"), ("<", r"$<$")):
+    for a, b in (("±", r"$\pm$"), (DAGGER, r"$^\dagger$"), (DOUBLE_DAGGER, r"$^\ddagger$"), (MISSING, "--"),
+                 ("<", r"$<$")):
         text = text.replace(a, b)
     return text
 
 
 def latex(table: Table) -> str:
     """A booktabs table environment with the setup in the caption and the notes under the tabular."""
-    caption, columns, dagger = display(table)
+    caption, columns, marks = display(table)
     title = table.title + (f" ({caption})" if caption else "")
     lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{_tex(title)}}}", rf"\label{{tab:{table.name}}}",
              r"\begin{tabular}{" + "l" * len(columns) + "}", r"\toprule",
              " & ".join(_tex(h) for h, _ in columns) + r" \\", r"\midrule"]
     lines += [" & ".join(_tex(c) for c in cells) + r" \\" for cells in zip(*(c for _, c in columns))]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\par\footnotesize " + " ".join(_tex(n) for n in notes(table, dagger)),
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\footnotesize " + " ".join(_tex(n) for n in notes(table, marks)),
               r"\end{table}"]
     return "\n".join(lines) + "\n"

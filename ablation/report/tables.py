@@ -113,11 +113,10 @@ def pretraining_effect(finetune: pd.DataFrame, keys: list[str],
         row = dict(key)
         for m in gaps:
             res = paired_test(side["pretrained"][m.column] * m.scale, side["random"][m.column] * m.scale)
-            row.setdefault("n pairs", res.diff.n)  # the first gap's (best), which the findings quote
-            row[f"{m.label} n"] = res.diff.n  # a metric some trials lack (at best val) may have fewer
+            row[f"{m.label} n"] = res.diff.n  # a metric some trials lack (at best val) may have fewer pairs
             row.update(metric_columns(m, res.diff, _shared(pre)))
             row.update({f"{m.label} t": res.t, f"{m.label} p": res.p})
-        rows.append(row)
+        rows.append({**key, "n pairs": row[f"{GAP_BEST.label} n"], **row})  # the pairs the findings quote first
     return pd.DataFrame(rows)
 
 
