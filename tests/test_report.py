@@ -442,3 +442,15 @@ def test_a_report_number_is_judged_against_our_mean_and_against_one_run_of_ours(
     assert f"| {report:.2f}{mark} |" in text
     assert ("‡ the report's number (one run) lies outside" in text) == (mark == "‡")
     assert ("† the report's number (one run) lies outside" in text) == (mark == "†")
+
+
+def test_identical_differences_have_no_p_value_rather_than_p_zero():
+    """Seeds that all differ by exactly the same amount (e.g. deterministic runs) give sd 0: scipy says p = 0,
+    which the report would print as <0.001; the test is undefined there, so the report says n/a."""
+    import pandas as pd
+
+    from ablation.report.stats import paired_test
+
+    exact = paired_test(pd.Series([3.0, 4.0, 5.0]), pd.Series([1.0, 2.0, 3.0]))
+    assert exact.diff.mean == 2.0 and exact.diff.std == 0.0
+    assert math.isnan(exact.t) and math.isnan(exact.p)

@@ -69,7 +69,7 @@ def paired_test(a: pd.Series, b: pd.Series) -> Paired:
     """a - b over the index values (seeds) both have: t-interval of the differences and scipy's ttest_rel."""
     both = pd.concat({"a": a, "b": b}, axis=1).dropna()
     diff = t_interval(both["a"] - both["b"])
-    if len(both) < 2:
+    if len(both) < 2 or diff.std == 0:  # no spread (identical runs): the t-test is undefined, not p = 0
         return Paired(diff, math.nan, math.nan)
     res = stats.ttest_rel(both["a"], both["b"])
     return Paired(diff, float(res.statistic), float(res.pvalue))
