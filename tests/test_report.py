@@ -435,13 +435,35 @@ def test_a_report_number_is_judged_against_our_mean_and_against_one_run_of_ours(
     iv = t_interval([77.0, 78.0, 79.5])  # CI [75.04, 81.29]; one run: [71.92, 84.42]
     row = {"task": "cifar10", "n seeds": 3, "planned": 3, **metric_columns(best, iv, {})}
     assert (row["best acc (%) PI low"], row["best acc (%) PI high"]) == pytest.approx((71.9151, 84.4183), abs=1e-4)
-    table = Table("rotation", "Rotation", pd.DataFrame([row]), keys=["task"])
+    table = Table("rotation", "Rotation", pd.DataFrame([row]), keys=["task"], metrics=(best,))
     (finding,) = rotation_findings(table)
     assert words in finding and "[71.92, 84.42]" in finding
     text = markdown(table)
     assert f"| {report:.2f}{mark} |" in text
     assert ("‡ the report's number (one run) lies outside" in text) == (mark == "‡")
     assert ("† the report's number (one run) lies outside" in text) == (mark == "†")
+
+
+def test_the_reports_difference_is_judged_as_one_seed_pair_in_the_table_and_the_finding():
+    """The report's pretrained - random gap is one seed pair, not one run: the effect table's note and the
+    finding both say so, from the difference metric itself (tables.GAP_BEST.sample)."""
+    import pandas as pd
+
+    from ablation.report.findings import effect_findings
+    from ablation.report.render import markdown
+    from ablation.report.stats import paired_test
+    from ablation.report.tables import GAP_BEST, GAP_FINAL, Table, metric_columns
+
+    res = paired_test(pd.Series([80.0, 81.0, 79.5]), pd.Series([78.0, 78.2, 78.1]))  # diffs 2.0, 2.8, 1.4
+    row = {"freeze": 0, "n pairs": 3, f"{GAP_BEST.label} t": res.t, f"{GAP_BEST.label} p": res.p,
+           **metric_columns(GAP_BEST, res.diff, {"freeze": 0, "stage": "finetune"})}  # the report's -9.16
+    row.update(metric_columns(GAP_FINAL, res.diff, {}))
+    row[f"{GAP_FINAL.label} p"] = res.p
+    table = Table("pretraining_effect", "Effect", pd.DataFrame([row]), keys=["freeze"], metrics=(GAP_BEST, GAP_FINAL))
+    (finding,) = effect_findings(table)
+    assert "outside the 95% CI of our mean and outside the 95% prediction interval of one seed pair of ours" in finding
+    text = markdown(table)
+    assert "-9.16‡" in text and "‡ the report's number (one seed pair) lies outside" in text and "one run" not in text
 
 
 def test_identical_differences_have_no_p_value_rather_than_p_zero():

@@ -15,7 +15,7 @@ from ..config import dataset_of
 from ..states import STOPPED
 from . import reference
 from .render import MISSING, fmt, variants
-from .tables import GAP_AT_VAL, GAP_BEST, GAP_FINAL, ROTATION_METRICS, Table
+from .tables import GAP_AT_VAL, GAP_BEST, GAP_FINAL, ROTATION_METRICS, Metric, Table
 
 FREEZE_NAMES = {0: "full fine-tuning (freeze 0)", 4: "partial fine-tuning (freeze 4)"}
 
@@ -116,7 +116,7 @@ def rotation_findings(table: Table) -> list[str]:
                 f"n = {_seeds(row['n seeds'])}")
         ref = row.get(f"{m.label} report")
         if pd.notna(ref) and pd.notna(row[f"{m.label} CI low"]):
-            text += f"; the report's {ref} % (one run) lies {_against(row, m.label)}"
+            text += f"; the report's {ref} % (one {m.sample}) lies {_against(row, m)}"
         out.append(text + ".")
     return out
 
@@ -133,7 +133,7 @@ def effect_findings(table: Table) -> list[str]:
                 f"n = {_seeds(row['n pairs'])} (final epoch: {_gap(row, f, _fewer(row, f))}).")
         ref = row.get(f"{b} report")
         if pd.notna(ref) and pd.notna(row[f"{b} CI low"]):  # the report's one pair against ours: the claim's answer
-            text += f" The report's best-epoch difference, {fmt(b + ' mean', ref)} points, lies {_against(row, b)}."
+            text += f" The report's best-epoch difference, {fmt(b + ' mean', ref)} points, lies {_against(row, GAP_BEST)}."
         elif pd.notna(ref):
             text += f" The report's best-epoch difference: {fmt(b + ' mean', ref)} points."
         if f"{v} mean" in row and pd.notna(row[f"{v} mean"]):  # the unbiased number, chosen without the test set
@@ -154,10 +154,10 @@ def _fewer(row: pd.Series, label: str) -> str:
     return "" if pd.isna(n) or n == row["n pairs"] else f", n = {_seeds(int(n))}"
 
 
-def _against(row: pd.Series, label: str) -> str:
+def _against(row: pd.Series, metric: Metric) -> str:
     """Where the report's single number lies: against the CI of our mean, and against the prediction interval
     of one more run (or seed pair) of ours, the range one run would fall in 95% of the time."""
-    one = "seed pair" if "diff" in label else "run"
+    label, one = metric.label, metric.sample
     low, high = (fmt(f"{label} mean", row[f"{label} PI {end}"]) for end in ("low", "high"))
     interval = f"the 95% prediction interval of one {one} of ours [{low}, {high}]"
     if row[f"{label} report outside PI"]:

@@ -91,7 +91,7 @@ def display(table: Table) -> tuple[str, list[tuple[str, list[str]]], set[str]]:
 
 def notes(table: Table, marks: set[str]) -> list[str]:
     out = list(table.notes)
-    one = "seed pair" if table.name == "pretraining_effect" else "run"
+    one = " / ".join(sorted({m.sample for m in table.metrics if m.reference}))  # what the report's number is
     if DAGGER in marks:
         out.append(f"{DAGGER} the report's number (one {one}) lies outside the 95% CI of our mean, but inside the "
                    f"95% prediction interval of one {one} of ours (mean ± t sd sqrt(1 + 1/n)): a single {one} of ours "

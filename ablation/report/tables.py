@@ -37,6 +37,7 @@ class Metric:
     column: str  # column of the trials frame
     scale: float = 100.0  # fractions -> percent
     reference: Callable[[dict], float] | None = None  # the report's number for a cell, NaN where none
+    sample: str = "run"  # what one value is (a difference: one seed pair): the report's number is one sample
 
 
 BEST = Metric("best acc (%)", "best_test_acc", reference=reference.finetune_best_acc)
@@ -47,9 +48,9 @@ VAL_NOTE = ("at best val = test accuracy at the epoch of the highest validation 
 ROTATION_METRICS = [Metric("best acc (%)", "best_test_acc", reference=reference.rotation_best_acc),
                     Metric("final acc (%)", "final_test_acc"),
                     Metric("lowest loss", "lowest_test_loss", 1.0, reference.rotation_lowest_loss)]
-GAP_BEST = Metric("best diff (pts)", "best_test_acc", reference=reference.finetune_gap)
-GAP_FINAL = Metric("final diff (pts)", "final_test_acc")
-GAP_AT_VAL = Metric("at best val diff (pts)", "test_acc_at_best_val")
+GAP_BEST = Metric("best diff (pts)", "best_test_acc", reference=reference.finetune_gap, sample="seed pair")
+GAP_FINAL = Metric("final diff (pts)", "final_test_acc", sample="seed pair")
+GAP_AT_VAL = Metric("at best val diff (pts)", "test_acc_at_best_val", sample="seed pair")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Table:
     frame: pd.DataFrame
     notes: list[str] = field(default_factory=lambda: [SUMMARY_NOTE])
     keys: list[str] = field(default_factory=list)  # the columns that name a row (setup and cell keys)
+    metrics: tuple[Metric, ...] = ()  # whose columns the frame holds (render.notes reads their samples)
 
 
 def metric_columns(metric: Metric, iv: Interval, cell: dict) -> dict:
@@ -164,26 +166,27 @@ def build_tables(trials: pd.DataFrame, choices: dict[str, dict] | None = None) -
     if len(rotation):
         keys = _keys(SETUP, cell_keys(rotation))
         tables.append(Table("rotation", "Rotation pretraining (predict 0/90/180/270 degrees)",
-                            summarize(rotation, keys, ROTATION_METRICS), keys=keys))
+                            summarize(rotation, keys, ROTATION_METRICS), keys=keys,
+                            metrics=tuple(ROTATION_METRICS)))
     ft_keys = cell_keys(finetune)
     for freeze, name, title in ((4, "finetune_partial", "Partial fine-tuning (freeze 4: layer4 + fc trained)"),
                                 (0, "finetune_full", "Full fine-tuning (freeze 0: every layer trained)")):
         part = finetune[finetune["freeze"] == freeze]
         if len(part):
             keys = _keys(SETUP, [k for k in ft_keys if k != "freeze"], ["init"])
-            tables.append(Table(name, title, summarize(part, keys, metrics), notes, keys=keys))
+            tables.append(Table(name, title, summarize(part, keys, metrics), notes, keys, tuple(metrics)))
     if len(finetune) and (not set(ft_keys) <= {"init", "freeze"} or not set(finetune["freeze"]) <= {0, 4}):
         keys = _keys(SETUP, ft_keys, ["init"])
         tables.append(Table("finetune_cells", "Fine-tuning test accuracy, every cell of the study",
-                            summarize(finetune, keys, metrics), notes, keys=keys))
+                            summarize(finetune, keys, metrics), notes, keys, tuple(metrics)))
     if {"pretrained", "random"} <= set(finetune["init"]):
         keys = _keys(SETUP, ["freeze"], ft_keys)  # freeze depth always: the report's question is asked per depth
-        effect = pretraining_effect(finetune, keys, (GAP_BEST, GAP_FINAL, GAP_AT_VAL) if validated
-                                    else (GAP_BEST, GAP_FINAL))
+        gaps = (GAP_BEST, GAP_FINAL, GAP_AT_VAL) if validated else (GAP_BEST, GAP_FINAL)
+        effect = pretraining_effect(finetune, keys, gaps)
         if len(effect):
             tables.append(Table("pretraining_effect", "Effect of rotation pretraining: pretrained - random, paired by "
                                 "seed (points of test accuracy)", effect, [EFFECT_NOTE, *notes[1:]],
-                                keys=[k for k in keys if k != "init"]))
+                                [k for k in keys if k != "init"], gaps))
     if "search" in trials and (trials["current"] & trials["search"].fillna("").ne("")).any():
         tables.append(Table("tuning_choices", "Each cell's chosen nuisance hyperparameters (validation split)",
                             tuning_choices(trials, choices or {}), [TUNING_NOTE], keys=["cell"]))
