@@ -50,3 +50,36 @@ def test_readme_one_seed_table_quotes_the_committed_runs():
             assert figures == run[label], f"README's {cells[0]!r} column {i + 1}: {text} vs {run[label]}"
             quoted += 1
     assert quoted == 2 * len(ONE_SEED_ROWS)
+
+
+REPORT_LINK = re.compile(r"\((results/[\w./-]+/report\.md)\)")
+
+
+def quoted_reports(readme: str) -> list[tuple[str, list[str]]]:
+    """Each block quote of the README whose line before (blank lines aside) links a committed report.md: (that
+    file, the quoted lines without their "> ")."""
+    quotes, source, quote = [], None, None
+    for line in readme.splitlines():
+        if line.startswith(">"):
+            if quote is None and source:
+                quote = (source, [])
+                quotes.append(quote)
+            if quote:
+                quote[1].append(line[1:].strip())
+            continue
+        quote = None
+        if line.strip():
+            links = REPORT_LINK.findall(line)
+            source = links[-1] if links else None
+    return quotes
+
+
+def test_readme_quotes_of_committed_reports_are_their_lines():
+    """A finding quoted in the README is word for word a line of the report.md it links, so a rerun that
+    changes a number cannot leave the README quoting the old one."""
+    quotes = quoted_reports((ROOT / "README.md").read_text())
+    assert quotes, "the README quotes no committed report"
+    for source, lines in quotes:
+        report = {line.strip() for line in (ROOT / source).read_text().splitlines()}
+        for line in lines:
+            assert line in report, f"README quotes {source}, which has no line {line!r}"
