@@ -23,7 +23,7 @@ def _look(probe: str, configs: list[dict]) -> list[str]:
     if not Path(probe).exists():
         problems.append(f"cannot see the study storage {Path(probe).parent} (mount it at the same path on "
                         f"every node)")
-    from .data import SOURCES
+    from .sources import SOURCES
 
     for values in configs:
         cfg = TrialConfig.from_dict(values)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ablation import data as D
+from ablation import sources as S
 from ablation.cli import main
 from ablation.config import ConfigError, TrialConfig
 from conftest import tiny
@@ -270,7 +271,7 @@ def test_bench_json_that_cannot_be_written_is_refused_before_measuring(tmp_path,
 def test_an_unwritable_cache_dir_is_refused_before_decoding(tmp_path, jpegs, capsys):
     tree = make_tree(tmp_path / "tree", jpegs)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(D.DataError, match=r"cache_dir=.*file/c: .*file is a file, not a directory; set cache_dir= "
+    with pytest.raises(S.DataError, match=r"cache_dir=.*file/c: .*file is a file, not a directory; set cache_dir= "
                                           r"to a writable folder"):
         D.load_data(folder_cfg(tree, tmp_path / "file" / "c"))
     assert "decoding" not in capsys.readouterr().out
@@ -417,11 +418,11 @@ def test_a_study_preflight_refuses_a_subset_larger_than_its_split():
 def test_a_corrupt_fashion_mnist_file_is_one_line(tmp_path, monkeypatch):
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                  "t10k-labels-idx1-ubyte.gz"):
-        shutil.copy(D.FASHION_MNIST_SYSTEM_DIR / name, tmp_path / name)
+        shutil.copy(S.FASHION_MNIST_SYSTEM_DIR / name, tmp_path / name)
     raw = (tmp_path / "train-images-idx3-ubyte.gz").read_bytes()
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(raw[: len(raw) // 3])
-    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", tmp_path)
-    with pytest.raises(D.DataError, match="train-images-idx3-ubyte.gz: not a readable gzipped idx file"):
+    monkeypatch.setattr(S, "FASHION_MNIST_SYSTEM_DIR", tmp_path)
+    with pytest.raises(S.DataError, match="train-images-idx3-ubyte.gz: not a readable gzipped idx file"):
         D.load_data(tiny())
 
 

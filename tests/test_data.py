@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from ablation import data as D
+from ablation import sources as S
 from ablation.config import ConfigError
 from conftest import tiny
 
@@ -106,7 +107,7 @@ def test_imagefolder_reads_folders_and_zips_and_caches(tmp_path, fashion, as_zip
 
 
 def test_missing_imagefolder_says_what_to_do(tmp_path):
-    with pytest.raises(D.DataError, match="data_dir= must hold train"):
+    with pytest.raises(S.DataError, match="data_dir= must hold train"):
         D.load_data(tiny(dataset="imagefolder", data_dir=str(tmp_path)))
 
 
@@ -118,11 +119,11 @@ def test_a_source_is_read_once_per_process_until_its_files_change(tmp_path, monk
 
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                  "t10k-labels-idx1-ubyte.gz"):
-        shutil.copy(D.FASHION_MNIST_SYSTEM_DIR / name, tmp_path / name)
-    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", tmp_path)
+        shutil.copy(S.FASHION_MNIST_SYSTEM_DIR / name, tmp_path / name)
+    monkeypatch.setattr(S, "FASHION_MNIST_SYSTEM_DIR", tmp_path)
     reads = []
-    real = D._read_idx
-    monkeypatch.setattr(D, "_read_idx", lambda path: reads.append(path.name) or real(path))
+    real = S._read_idx
+    monkeypatch.setattr(S, "_read_idx", lambda path: reads.append(path.name) or real(path))
     a = D.load_data(tiny(train_subset=100))
     b = D.load_data(tiny(train_subset=300, seed=4))
     assert len(reads) == 4 and a.fingerprint == b.fingerprint and len(b.train.y) == 300
@@ -160,7 +161,7 @@ def test_a_validation_split_as_large_as_the_training_split_is_refused():
 
 def _shaped(classes, n_train, n_test, side) -> D.Data:
     def split(n):  # the shapes describe() reads, without 150 MB of pixels
-        return D.Split(torch.zeros(1, 3, side, side, dtype=torch.uint8).expand(n, -1, -1, -1),
+        return S.Split(torch.zeros(1, 3, side, side, dtype=torch.uint8).expand(n, -1, -1, -1),
                        torch.zeros(n, dtype=torch.int64))
     return D.Data(split(n_train), split(n_test), list(classes), (0.5,) * 3, (0.25,) * 3, "f" * 16)
 
