@@ -136,8 +136,6 @@ def take(split: Split, idx: torch.Tensor) -> Split:
     return Split(split.x[idx], split.y[idx])
 
 
-
-
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std in [0, 1] of a uint8 (N, C, H, W) tensor, from a 256-bin histogram per
     channel: exact in float64, and 8x faster than summing float copies of every pixel."""

@@ -41,7 +41,6 @@ class Split:
     y: torch.Tensor  # int64 (N,)
 
 
-
 def _cifar10_source(cfg: TrialConfig):
     root = Path(cfg.data_dir).expanduser()
     batches = root / "cifar-10-batches-py"

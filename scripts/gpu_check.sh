@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The prepared GPU check, one command on a machine that has torch but maybe not Ray or this package installed
-# (the project's lent H200): the benchmark (Speed goals), K=4 sharing, and one seed of the report's protocol
-# on the CIFAR-10 JPEG copy with `ablation train`. Everything it prints is also saved under $OUT (or /tmp/gpu_check).
+# (the project's lent H200): the benchmark (Speed goals), K=4 sharing, and the report's protocol for 3 seeds at
+# once on the CIFAR-10 JPEG copy with `ablation train`. Everything it prints is also saved under $OUT (or
+# /tmp/gpu_check), with each run's metrics.csv and run.json (not its checkpoints).
 #
 #   cp ../shared/data/cifar10-jpeg/{train,test}.zip data/cifar10-jpeg/    # data/ is git-ignored: carry it
 #   bash scripts/gpu_check.sh                     # PROTOCOL=0 skips the training runs, BENCH=0 the benchmark
 #
 # Sized for an H200: the bench at batch 512 (~2 min), then 30 rotation + 4 x 20 fine-tune epochs per seed, 3 seeds
-# at once (unmeasured: set ROT_EPOCHS/FT_EPOCHS or SEEDS lower if the device time is short).
+# at once (unmeasured). The runs live in RUNS (default results/studies/gpu-check, git-ignored, so kept between
+# calls while the device stays warm): a call cut off by its time limit is resumed by the same command again,
+# with BENCH=0. Set ROT_EPOCHS/FT_EPOCHS or SEEDS lower only if the device time is short (then say so).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"
@@ -22,10 +25,15 @@ if [ "${BENCH:-1}" = 1 ]; then
 fi
 if [ "${PROTOCOL:-1}" = 1 ]; then
   # SEEDS (default "0 1 2") run at once, sharing the GPU; ROT_EPOCHS / FT_EPOCHS shorten them if time is short.
+  runs=${RUNS:-results/studies/gpu-check}
   for seed in ${SEEDS:-0 1 2}; do
-    ABLATION="python3 -m ablation.cli" bash scripts/report_protocol.sh "/tmp/protocol-s$seed" dataset=imagefolder \
+    ABLATION="python3 -m ablation.cli" bash scripts/report_protocol.sh "$runs/protocol-s$seed" dataset=imagefolder \
       data_dir="$data" device=cuda seed="$seed" > "$out/protocol-s$seed.txt" 2>&1 &
   done
   wait
   tail -n 12 "$out"/protocol-s*.txt
+  for run in "$runs"/protocol-s*/*/; do  # what results/ keeps of a run: its epochs and its record
+    dest=$out/$(basename "$(dirname "$run")")/$(basename "$run"); mkdir -p "$dest"
+    cp "$run"metrics.csv "$run"run.json "$dest"/ 2>/dev/null || true  # a run cut off before its first epoch has neither
+  done
 fi

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from ablation.config import defaults_table
 
 
@@ -52,23 +54,25 @@ def test_readme_one_seed_table_quotes_the_committed_runs():
     assert quoted == 2 * len(ONE_SEED_ROWS)
 
 
-REPORT_LINK = re.compile(r"\((results/[\w./-]+/report\.md)\)")
+REPORT_LINK = re.compile(r"\((?:\./)?(results/[\w./-]+/report\.md)(?:#[\w-]*)?\)")
 
 
-def quoted_reports(readme: str) -> list[tuple[str, list[str]]]:
-    """Each block quote of the README whose line before (blank lines aside) links a committed report.md: (that
-    file, the quoted lines without their "> ")."""
+def block_quotes(readme: str) -> list[tuple[str | None, list[str]]]:
+    """Every block quote of the README (a "> " line at any indent starts or continues one): the committed
+    report.md its line before (blank lines aside) links, or None, and the quoted lines without their ">"."""
     quotes, source, quote = [], None, None
     for line in readme.splitlines():
-        if line.startswith(">"):
-            if quote is None and source:
+        text = line.strip()
+        if text.startswith(">"):
+            if quote is None:
                 quote = (source, [])
                 quotes.append(quote)
-            if quote:
-                quote[1].append(line[1:].strip())
+            quote[1].append(text[1:].strip())
             continue
+        if text and quote is not None:
+            raise AssertionError(f"README: a quote runs on without '>' into {line!r}: put '>' on every line")
         quote = None
-        if line.strip():
+        if text:
             links = REPORT_LINK.findall(line)
             source = links[-1] if links else None
     return quotes
@@ -76,10 +80,20 @@ def quoted_reports(readme: str) -> list[tuple[str, list[str]]]:
 
 def test_readme_quotes_of_committed_reports_are_their_lines():
     """A finding quoted in the README is word for word a line of the report.md it links, so a rerun that
-    changes a number cannot leave the README quoting the old one."""
-    quotes = quoted_reports((ROOT / "README.md").read_text())
+    changes a number cannot leave the README quoting the old one; a quote that names no report is refused."""
+    quotes = block_quotes((ROOT / "README.md").read_text())
     assert quotes, "the README quotes no committed report"
     for source, lines in quotes:
+        assert source, f"README quotes {lines[0]!r} without linking the report.md it comes from on the line before"
         report = {line.strip() for line in (ROOT / source).read_text().splitlines()}
         for line in lines:
             assert line in report, f"README quotes {source}, which has no line {line!r}"
+
+
+def test_block_quotes_are_tied_to_the_report_linked_before_them():
+    readme = ("See [it](./results/x/report.md#findings):\n\n> - a\n> - b\n\nText.\n\n  > c\n\n"
+              "Plain [demo](results/demo/report.md) line\n> d\n")
+    assert block_quotes(readme) == [("results/x/report.md", ["- a", "- b"]), (None, ["c"]),
+                                    ("results/demo/report.md", ["d"])]
+    with pytest.raises(AssertionError, match="runs on without"):
+        block_quotes("[r](results/x/report.md)\n> a quote that\nwraps\n")

@@ -412,7 +412,8 @@ def test_effect_pairs_cells_that_lack_a_key_and_counts_pairs_per_metric():
     (row,) = effect.to_dict("records")
     assert (row["n pairs"], row[f"{GAP_BEST.label} n"], row[f"{GAP_AT_VAL.label} n"]) == (3, 3, 2)
     assert row[f"{GAP_BEST.label} mean"] == pytest.approx((2.0 + 2.5 + 0.8) / 3)
-    (text,) = effect_findings(Table("pretraining_effect", "t", effect, keys=["freeze", "sched"]))
+    (text,) = effect_findings(Table("pretraining_effect", "t", effect, keys=["freeze", "sched"],
+                                    metrics=(GAP_BEST, GAP_FINAL, GAP_AT_VAL)))
     assert "n = 3 seeds (final epoch" in text and "paired p = 0.070, n = 2 seeds." in text
 
 
@@ -476,3 +477,16 @@ def test_identical_differences_have_no_p_value_rather_than_p_zero():
     exact = paired_test(pd.Series([3.0, 4.0, 5.0]), pd.Series([1.0, 2.0, 3.0]))
     assert exact.diff.mean == 2.0 and exact.diff.std == 0.0
     assert math.isnan(exact.t) and math.isnan(exact.p)
+
+
+def test_a_table_refuses_report_columns_without_their_metric():
+    """The notes say what the report's number is a sample of (one run, one seed pair) from the table's metrics:
+    a table holding a report column of no metric it knows is a programming error, caught when it is built."""
+    import pandas as pd
+
+    from ablation.report.tables import GAP_BEST, Table
+
+    frame = pd.DataFrame([{"freeze": 0, f"{GAP_BEST.label} report": -9.16}])
+    with pytest.raises(ValueError, match=r"best diff \(pts\) report"):
+        Table("pretraining_effect", "t", frame, keys=["freeze"])
+    assert Table("pretraining_effect", "t", frame, keys=["freeze"], metrics=(GAP_BEST,)).metrics == (GAP_BEST,)

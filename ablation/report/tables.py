@@ -62,6 +62,13 @@ class Table:
     keys: list[str] = field(default_factory=list)  # the columns that name a row (setup and cell keys)
     metrics: tuple[Metric, ...] = ()  # whose columns the frame holds (render.notes reads their samples)
 
+    def __post_init__(self):
+        """A report column without its metric would leave the notes unable to say what the report's number is."""
+        known = {f"{m.label} report" for m in self.metrics}
+        unknown = [c for c in self.frame.columns if c.endswith(" report") and c not in known]
+        if unknown:
+            raise ValueError(f"table {self.name}: columns {unknown} have no metric in Table.metrics")
+
 
 def metric_columns(metric: Metric, iv: Interval, cell: dict) -> dict:
     """mean / std / CI columns of one metric and, where the report has a number for the cell, that number
