@@ -2,7 +2,7 @@
 rotation.
 
 Why: ResNet18 on 32x32 images is so cheap that PIL transforms in a DataLoader starve a GPU. Every image
-is decoded once into one uint8 tensor (N, 3, 32, 32) that can live on the training device; crops, flips
+is decoded once into one uint8 tensor (N, 3, H, H), 32x32 here, that can live on the training device; crops, flips
 and rotations then act on whole batches there, with no per-sample Python in the training loop.
 """
 

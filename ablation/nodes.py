@@ -23,12 +23,12 @@ def _look(probe: str, configs: list[dict]) -> list[str]:
     if not Path(probe).exists():
         problems.append(f"cannot see the study storage {Path(probe).parent} (mount it at the same path on "
                         f"every node)")
-    from .sources import SOURCES
+    from .sources import check_present
 
     for values in configs:
         cfg = TrialConfig.from_dict(values)
         try:
-            SOURCES[cfg.dataset](cfg)
+            check_present(cfg)
         except UserError as exc:
             problems.append(str(exc))
     return problems

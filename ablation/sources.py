@@ -41,9 +41,12 @@ class Split:
     y: torch.Tensor  # int64 (N,)
 
 
+CIFAR10_BATCHES = "cifar-10-batches-py"  # torchvision's folder under data_dir
+
+
 def _cifar10_source(cfg: TrialConfig):
     root = Path(cfg.data_dir).expanduser()
-    batches = root / "cifar-10-batches-py"
+    batches = root / CIFAR10_BATCHES
     signature = ("cifar10", str(root.resolve()), tuple(_list_source(batches)) if batches.is_dir() else ())
 
     def read():
@@ -54,7 +57,7 @@ def _cifar10_source(cfg: TrialConfig):
             te = torchvision.datasets.CIFAR10(str(root), train=False, download=True)
         except Exception as exc:  # torchvision raises URLError, RuntimeError, ... when offline
             raise DataError(f"CIFAR-10 is not in {root} and could not be downloaded ({type(exc).__name__}); put "
-                            f"cifar-10-batches-py under data_dir=, or use the offline copy: {CIFAR_JPEG_HINT}") from None
+                            f"{CIFAR10_BATCHES} under data_dir=, or use the offline copy: {CIFAR_JPEG_HINT}") from None
 
         def split(ds):
             return Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
@@ -289,6 +292,18 @@ def _decode(src: Path, split: str, listing: list[tuple]):
                         f"rotation needs square images: crop or resize them first")
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(labels, dtype=torch.int64), classes
+
+
+def check_present(cfg: TrialConfig) -> None:
+    """Raise a DataError when this machine lacks cfg's data: a Ray node's look before a sweep. Finding a source
+    checks folders and files; CIFAR-10's batches are only downloaded when read, so they are looked for here:
+    a node without them would download them in every trial that lands on it, or fail each one offline."""
+    SOURCES[cfg.dataset](cfg)
+    root = Path(cfg.data_dir).expanduser()
+    if cfg.dataset == "cifar10" and not (root / CIFAR10_BATCHES).is_dir():
+        raise DataError(f"CIFAR-10 is not in {root / CIFAR10_BATCHES} on this machine; put it at that path on "
+                        f"every node (or data_dir= on the shared filesystem), or use the offline copy: "
+                        f"{CIFAR_JPEG_HINT}")
 
 
 # dataset -> (cfg -> (signature of the source's files, a function that reads the whole splits))

@@ -76,13 +76,13 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
 
     data = preflight([t.config for t in trials])  # missing data fails before anything is written
     study.check_data(study_dir, old, data)
-    if fresh and store.exists(study_dir):
-        warn(f"--fresh: moved the old study to {study.move_aside(Path(study_dir))} (nothing deleted); starting over")
     gpu, slots = _start_ray(address, spec, verbose)
     if address and not store.is_uri(study_dir):
         from .nodes import check_nodes
 
         check_nodes(Path(study_dir).parent, [t.config for t in trials])
+    if fresh and store.exists(study_dir):  # last of the checks: a refused GPU or node leaves the old study in place
+        warn(f"--fresh: moved the old study to {study.move_aside(Path(study_dir))} (nothing deleted); starting over")
     manifest = study.begin(study_dir, spec, spec_path, trials, data, old, slots)
     study.add_trials(study_dir, manifest, [], choices, reopened={t.search for t in trials if t.search})
     records = {r["key"]: r for r in study.trial_records(study_dir, manifest)}

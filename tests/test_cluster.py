@@ -178,6 +178,10 @@ def test_cluster_nodes_that_cannot_see_the_storage_or_the_data_are_one_line_befo
                 Image.new("RGB", (32, 32), colour).save(folder / f"{i}.png")
     spec = write_spec(tmp_path / "n.yaml", name="n", seeds=[0], init=["random"], freeze=[0], train_subset=0,
                       test_subset=0, finetune={"epochs": 1}, pretrain={"epochs": 1})
+    data = ["dataset=imagefolder", f"data_dir={images}", f"cache_dir={tmp_path / 'cache'}"]
+    made = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(tmp_path / "old"),
+                           *data], env=ENV, capture_output=True, text=True, timeout=300)  # a study to replace
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     with ray_cluster(hide=(hidden,)) as (address, _):
         storage = hidden / "studies"  # the driver sees it; the worker node sees an empty folder there
         result = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(storage),
@@ -192,3 +196,9 @@ def test_cluster_nodes_that_cannot_see_the_storage_or_the_data_are_one_line_befo
                                 env=ENV, capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and "imagefolder: neither" in result.stderr, result.stderr[-3000:]
         assert result.stderr.count("\n") == 1 and not (tmp_path / "st").exists()
+
+        result = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage",
+                                 str(tmp_path / "old"), "--address", address, "--fresh", *data],
+                                env=ENV, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and "imagefolder: neither" in result.stderr, result.stderr[-3000:]
+        assert [p.name for p in (tmp_path / "old").iterdir()] == ["n"]  # --fresh moved nothing aside

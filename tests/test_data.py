@@ -192,3 +192,18 @@ def test_the_loader_reads_the_cifar10_jpeg_copy_as_cifar10_with_the_readmes_fing
     assert D.describe("imagefolder", D.full_data(cfg)) == {
         "fingerprint": "eec90e10bd2f5438", "train_images": 50_000, "test_images": 10_000,
         "classes": D.CIFAR10_CLASSES, "image_shape": [3, 32, 32], "task": "cifar10"}
+
+
+def test_a_node_without_the_cifar10_batches_says_so_before_the_sweep(tmp_path):
+    """The cluster preflight (nodes._look, run on every Ray node) finds CIFAR-10 missing on a node, where
+    reading would download it per trial (or fail offline), and passes a node that has the batches."""
+    from ablation.nodes import _look
+
+    probe = tmp_path / "probe"
+    probe.write_text("driver")
+    cfg = tiny(dataset="cifar10", data_dir=str(tmp_path / "data")).to_dict()
+    (problem,) = _look(str(probe), [cfg])
+    assert problem.startswith(f"CIFAR-10 is not in {tmp_path / 'data' / 'cifar-10-batches-py'} on this machine")
+    (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
+    (tmp_path / "data" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"x")
+    assert _look(str(probe), [cfg]) == []

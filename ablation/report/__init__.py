@@ -12,6 +12,14 @@ written on any machine that holds the study's files, while the sweep runs elsewh
     build      write_report: everything under <study>/report/
 """
 
-from .build import write_report
-
 __all__ = ["write_report"]
+
+
+def __getattr__(name: str):
+    """write_report on first use: `ablation.report.reference` alone (scripts/report_protocol.sh on a box with
+    torch but no pandas or seaborn) must not import the plotting stack."""
+    if name == "write_report":
+        from .build import write_report
+
+        return write_report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
