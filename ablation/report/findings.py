@@ -133,7 +133,8 @@ def effect_findings(table: Table) -> list[str]:
                 f"n = {_seeds(row['n pairs'])} (final epoch: {_gap(row, f, _fewer(row, f))}).")
         ref = row.get(f"{b} report")
         if pd.notna(ref) and pd.notna(row[f"{b} CI low"]):  # the report's one pair against ours: the claim's answer
-            text += f" The report's best-epoch difference, {fmt(b + ' mean', ref)} points, lies {_against(row, GAP_BEST)}."
+            text += (f" The report's best-epoch difference, {fmt(b + ' mean', ref)} points, lies "
+                     f"{_against(row, GAP_BEST)}.")
         elif pd.notna(ref):
             text += f" The report's best-epoch difference: {fmt(b + ' mean', ref)} points."
         if f"{v} mean" in row and pd.notna(row[f"{v} mean"]):  # the unbiased number, chosen without the test set
