@@ -81,7 +81,7 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
         from .nodes import check_nodes
 
         check_nodes(Path(study_dir).parent, [t.config for t in trials])
-    if fresh and store.exists(study_dir):  # last of the checks: a refused GPU or node leaves the old study in place
+    if fresh and store.exists(study_dir):  # after the checks: a node that fails one leaves the old study in place
         warn(f"--fresh: moved the old study to {study.move_aside(Path(study_dir))} (nothing deleted); starting over")
     manifest = study.begin(study_dir, spec, spec_path, trials, data, old, slots)
     study.add_trials(study_dir, manifest, [], choices, reopened={t.search for t in trials if t.search})
