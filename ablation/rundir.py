@@ -168,20 +168,21 @@ def run(cfg: TrialConfig, location: Location, log: Callable[[str], None] = print
         def on_epoch(row: dict[str, Any], state: dict[str, Any]) -> None:
             # The dir appears with the first finished epoch: bad input (no data, no GPU) leaves nothing behind.
             rd.path.mkdir(parents=True, exist_ok=True)
-            written = [f"{CHECKPOINTS}/epoch_{row['epoch']:04d}", METRICS_FILE, METRICS_CSV, TRAINED_LOG]
+            checkpoint = f"{CHECKPOINTS}/epoch_{row['epoch']:04d}"
+            written = [checkpoint, METRICS_FILE, METRICS_CSV, TRAINED_LOG]
             if not (rd.path / RUN_FILE).exists():
                 record = {"config": cfg.to_dict(), "data_fingerprint": state["data_fingerprint"],
                           "pretrained_digest": state["pretrained_digest"], "device": row["device"],
                           "provenance": provenance.record()}
                 write_atomic(rd.path / RUN_FILE, json.dumps(record, indent=1))
-                written.append(RUN_FILE)
+                written.insert(0, RUN_FILE)  # pushed first: a run dir cut off mid-upload still says what it is
             with open(rd.path / TRAINED_LOG, "a") as fh:  # every epoch ever trained, retrained ones too
                 fh.write(json.dumps({"epoch": row["epoch"], "pid": os.getpid(), "time": provenance.now(),
                                      "code": provenance.code_version()}) + "\n")
-            save_checkpoint(rd.path / written[0], state)
+            save_checkpoint(rd.path / checkpoint, state)
             write_atomic(rd.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in metrics_rows(state)))
             write_atomic(rd.path / METRICS_CSV, metrics_csv(state["history"]))
-            rd.push(*written)  # the checkpoint first: metrics never run ahead of the weights they describe
+            rd.push(*written)  # the checkpoint before the metrics: they never run ahead of the weights they describe
             for stale in checkpoint_dirs(rd.path)[KEEP:]:
                 rd.drop(f"{CHECKPOINTS}/{stale.name}")
             if report is not None:

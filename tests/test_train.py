@@ -101,6 +101,28 @@ def test_run_dir_resumes_after_a_crash_and_refuses_another_config(tmp_path):
         rundir.run(cfg.replace(lr=0.1), tmp_path, log=lambda _: None)
 
 
+def test_a_uri_run_cut_off_while_uploading_its_first_checkpoint_starts_again_on_rerun(tmp_path, monkeypatch):
+    """run.json reaches the store before the checkpoint: a run dir that holds only part of its first upload
+    is still recognised as this config's (not refused as a stranger's folder) and trains from the start."""
+    from ablation import store
+
+    upload = store.upload
+
+    def cut_off(local, uri):
+        if "checkpoints" in str(uri):
+            raise ConnectionError("node lost")
+        upload(local, uri)
+
+    monkeypatch.setattr(store, "upload", cut_off)
+    location, cfg = f"file://{tmp_path}/bucket/run", tiny(stage="finetune", epochs=1)
+    with pytest.raises(ConnectionError):
+        rundir.run(cfg, location, log=lambda _: None)
+    assert (tmp_path / "bucket" / "run" / "run.json").exists()
+    monkeypatch.setattr(store, "upload", upload)
+    history = rundir.run(cfg, location, log=lambda _: None)
+    assert [r["epoch"] for r in history] == [1] and checkpoint_dirs(tmp_path / "bucket" / "run")
+
+
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):
     cfg = tiny(stage="finetune", epochs=2)
     rundir.run(cfg, tmp_path, log=lambda _: None)
