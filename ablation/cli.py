@@ -28,8 +28,9 @@ def cmd_train(args) -> int:
             raise UserError(f"--out {args.out}: {problem}; choose another --out")
     from .rundir import run  # torch is imported only once the config is known to be good
 
-    run(cfg, Path(args.out), log=lambda msg: print(msg, flush=True))
-    print(f"wrote {Path(args.out) / 'metrics.csv'}")
+    out = args.out if "://" in args.out else Path(args.out)  # Path("s3://b/x") would be the local s3:/b/x
+    run(cfg, out, log=lambda msg: print(msg, flush=True))
+    print(f"wrote {args.out.rstrip('/')}/metrics.csv")
     return 0
 
 

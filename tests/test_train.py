@@ -123,6 +123,16 @@ def test_a_uri_run_cut_off_while_uploading_its_first_checkpoint_starts_again_on_
     assert [r["epoch"] for r in history] == [1] and checkpoint_dirs(tmp_path / "bucket" / "run")
 
 
+def test_ablation_train_writes_a_uri_out_to_the_store_not_to_a_local_folder(tmp_path, monkeypatch, capsys):
+    from ablation.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    overrides = ["dataset=fashion-mnist", "train_subset=256", "test_subset=128", "epochs=1", "device=cpu"]
+    assert main(["train", *overrides, "--out", f"file://{tmp_path}/bucket/run"]) == 0
+    assert (tmp_path / "bucket" / "run" / "metrics.csv").exists() and not (tmp_path / "file:").exists()
+    assert f"wrote file://{tmp_path}/bucket/run/metrics.csv" in capsys.readouterr().out
+
+
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):
     cfg = tiny(stage="finetune", epochs=2)
     rundir.run(cfg, tmp_path, log=lambda _: None)
