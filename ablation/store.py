@@ -72,6 +72,28 @@ def write_file(location: Location, text: str) -> None:
         fh.write(text.encode())
 
 
+def create_new(location: Location, text: str) -> bool:
+    """Write the file only if it does not exist yet; False if it does. Locally one atomic link of a finished
+    temp file, so of two processes that try at once exactly one succeeds and no reader sees it half written;
+    object stores have no such create, so there a writer only checks first."""
+    if is_uri(location):
+        if exists(location):
+            return False
+        write_file(location, text)
+        return True
+    path = Path(location)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.new{os.getpid()}")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+
+
 def append_line(location: Location, line: str) -> None:
     """Append-only log; object storage has no append, so there it is read and written back whole."""
     if not is_uri(location):

@@ -70,14 +70,29 @@ def live_driver(study_dir: Location) -> tuple[int, str] | None:
     return pid, host
 
 
-def check_claim(study_dir: Location, fresh: bool) -> dict[str, Any] | None:
-    """Refuse a second live driver; returns the existing manifest (None for a new study, or with --fresh)."""
-    if not store.exists(study_dir):
-        return None
+def _refuse_another_driver(study_dir: Location) -> None:
     driver = live_driver(study_dir)
     if driver is not None and driver != (os.getpid(), socket.gethostname()):
         raise StudyError(f"{study_dir} is being run by process {driver[0]} on {driver[1]}; wait for it or stop "
                          f"it first (if that driver is gone, delete {store.child(study_dir, LOCK)})")
+
+
+def claim(study_dir: Location) -> None:
+    """Take the study's lock, or refuse while another live driver holds it. check_claim looked before the data
+    was loaded (minutes, the first time); this is the moment that counts: the lock is created only if absent
+    (store.create_new), so of two drivers starting together one gets it, and a stale one (its driver gone)
+    is replaced."""
+    lock, mine = store.child(study_dir, LOCK), f"{os.getpid()} {socket.gethostname()}\n"
+    if not store.create_new(lock, mine):
+        _refuse_another_driver(study_dir)
+        store.write_file(lock, mine)
+
+
+def check_claim(study_dir: Location, fresh: bool) -> dict[str, Any] | None:
+    """Refuse a second live driver; returns the existing manifest (None for a new study, or with --fresh)."""
+    if not store.exists(study_dir):
+        return None
+    _refuse_another_driver(study_dir)
     if fresh:
         if store.is_uri(study_dir):
             raise StudyError(f"--fresh cannot move a study aside on object storage ({study_dir}); give the spec a "
@@ -143,7 +158,9 @@ def add_trials(study_dir: Location, manifest: dict[str, Any], trials: list[Trial
 def begin(study_dir: Location, spec: Spec, spec_path: str, trials: list[Trial], data: dict[str, dict[str, Any]],
           old: dict[str, Any] | None, slots: float) -> dict[str, Any]:
     """Take the lock and record this invocation: its spec, the trials it plans and which of them are new."""
-    store.write_file(store.child(study_dir, LOCK), f"{os.getpid()} {socket.gethostname()}\n")
+    claim(study_dir)
+    if old is not None:  # read again under the lock: another driver may have run since check_claim read it
+        old = read_manifest(study_dir)
     record = provenance.record()
     manifest = old or {"format": FORMAT, "study": spec.name, "created": record["time"], "provenance": record,
                        "data": {}, "trials": {}, "invocations": []}

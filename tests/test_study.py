@@ -43,3 +43,47 @@ def test_a_sweep_ends_with_a_line_per_problem_and_its_exit_code(failed, skipped,
     lines, rc = closing("s", "/x/s", failed, skipped, unfinished, interrupted)
     assert rc == code and len(lines) == len(says)
     assert all(line.startswith(start) for line, start in zip(lines, says)), lines
+
+
+def _claim_at_once(study_dir, start, results):
+    start.wait()
+    try:
+        study.claim(study_dir)
+        results.put("claimed")
+    except study.StudyError:
+        results.put("refused")
+    import time
+    time.sleep(3)  # alive while the others look at the lock
+
+
+def test_of_drivers_claiming_a_study_at_once_exactly_one_gets_it(tmp_path):
+    """check_claim looks before the data loads (minutes); the lock is taken after, by an exclusive create."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    start, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_claim_at_once, args=(tmp_path / "s", start, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    outcomes = sorted(results.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join()
+    assert outcomes == ["claimed", "refused", "refused", "refused"]
+
+
+def test_a_stale_lock_is_taken_over_and_a_live_one_refused(tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    (tmp_path / study.LOCK).write_text(f"999999999 {socket.gethostname()}\n")  # no such process
+    study.claim(tmp_path)
+    assert (tmp_path / study.LOCK).read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / study.LOCK).write_text(f"{other.pid} {socket.gethostname()}\n")
+        with pytest.raises(study.StudyError, match=f"being run by process {other.pid}"):
+            study.claim(tmp_path)
+        assert (tmp_path / study.LOCK).read_text().startswith(f"{other.pid} ")
+    finally:
+        other.kill()
