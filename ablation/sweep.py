@@ -243,6 +243,13 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
     if gpu and not have.get("GPU", 0):
         warn(f"resources.gpu={gpu} asked, but this Ray cluster has no GPU: running every trial on CPU")
         gpu = 0.0
+    largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+    if spec.cpu > largest:  # a trial runs on one node: Tune would keep every trial pending, silently
+        problem = (f"resources.cpu={spec.cpu:g} per trial, but the largest Ray node has {largest:g} CPUs, so no "
+                   f"trial could start; ask for at most resources={{cpu: {largest:g}}}")
+        if address is None:  # a local Ray is the whole machine (gpu is at most 1: the spec refuses more)
+            raise UserError(problem)
+        warn(f"{problem}, or add a node that large (the trials wait for one)")
     slots = have.get("CPU", 1) // spec.cpu
     if gpu:
         slots = min(slots, have["GPU"] // gpu)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ablation.checkpoint import checkpoint_dirs, load_checkpoint
+from ablation.config import UserError
 from ablation.models import HEAD_KEYS, weights_digest
 from ablation.rundir import read_rows, trained_log
 from ablation.study import trial_records
@@ -158,6 +159,15 @@ def test_gpu_request_on_a_cpu_machine_runs_on_cpu_after_one_warning(tmp_path):
     warnings = [line for line in result.stderr.splitlines() if line.startswith("ablation: warning:")]
     assert len(warnings) == 1 and "no GPU" in warnings[0]
     assert {s["state"] for s in trial_states(tmp_path / "gpu")} == {"finished"}
+
+
+def test_more_cpus_per_trial_than_a_node_has_is_refused_before_anything_is_written(tmp_path, ray_session):
+    """Tune would keep every trial pending, silently (the test session's Ray has 2 CPUs)."""
+    spec = write_spec(tmp_path / "c.yaml", name="big", resources={"cpu": 3, "gpu": 0})
+    with pytest.raises(UserError, match=r"resources.cpu=3 per trial, but the largest Ray node has 2 CPUs, so no "
+                                        r"trial could start; ask for at most resources=\{cpu: 2\}"):
+        run_study(str(spec), storage=str(tmp_path))
+    assert not (tmp_path / "big").exists()
 
 
 def test_uri_storage_runs_resumes_and_reports_through_pyarrow(tmp_path, ray_session):
