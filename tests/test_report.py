@@ -177,7 +177,9 @@ def test_report_md(study):
     text = (study / "report" / "report.md").read_text()
     manifest = json.loads((study / "manifest.json").read_text())
     for needle in ("# Ablation report: tiny", "fashion-mnist", manifest["invocations"][0]["code_version"],
-                   manifest["data"]["fashion-mnist"], "Trials finished: 10 of 10", "not meaningful",
+                   manifest["data"]["fashion-mnist"], "Trials finished: 10 of 10",
+                   "here: fashion-mnist data, not cifar10; 192 training images (train_subset), not all; 128 test "
+                   "images (test_subset), not all; 2 fine-tune epochs, not 20. So they are context, not a like-for-like",
                    "Pretraining changes partial fine-tuning (freeze 4)", "paired p = ", "n = 2 seeds"):
         assert needle in text, needle
     assert re.search(r"partial fine-tuning \(freeze 4\) best-epoch .*The report's best-epoch difference, \+3\.62 points, "
@@ -287,8 +289,8 @@ def test_an_image_folder_copy_of_cifar10_is_compared_with_the_report(tmp_path, t
     text = write_report(study).read_text()
     assert ("- Data: imagefolder /data/cifar10-jpeg" + (" = cifar10" if comparable else "")
             + ": 50,000 train / 10,000 test images, 10 classes, 3x32x32 (data fingerprint " + fingerprint) in text
-    assert (f"Setup: task {task}, epochs 2." in text) and ("not meaningful" not in text) == comparable
-    assert ("so the report column is context" not in text) == comparable
+    assert f"Setup: task {task}, epochs 2." in text and ("data, not cifar10" not in text) == comparable
+    assert "; here: " + "imagefolder data, not cifar10; " * (not comparable) + "192 training images" in text
     assert ("images came from a copy (imagefolder; see Data above)" in text) == comparable  # its caveat stays
 
 
@@ -494,3 +496,19 @@ def test_a_table_refuses_report_columns_without_their_metric():
     with pytest.raises(ValueError, match=r"best diff \(pts\) report"):
         Table("pretraining_effect", "t", frame, keys=["freeze"])
     assert Table("pretraining_effect", "t", frame, keys=["freeze"], metrics=(GAP_BEST,)).metrics == (GAP_BEST,)
+
+
+@pytest.mark.parametrize("change, says", [
+    ({}, []),
+    ({"stage": "rotation", "epochs": 30}, []),  # the report's rotation length is not known: not a departure
+    ({"task": "fashion-mnist"}, ["fashion-mnist data, not cifar10"]),
+    ({"train_subset": 5000, "test_subset": float("nan")}, ["5,000 training images (train_subset), not all"]),
+    ({"val_split": 5000}, ["5,000 training images held out for validation (val_split)"]),
+    ({"epochs": 5}, ["5 fine-tune epochs, not 20"])])
+def test_the_report_numbers_are_context_wherever_data_or_epochs_depart_from_its_setup(change, says):
+    from ablation.report import reference
+
+    cfg = {"task": "cifar10", "stage": "finetune", "epochs": 20, "train_subset": 0, "test_subset": 0, "val_split": 0,
+           **change}
+    assert reference.departures(cfg) == says
+    assert (reference.context_note([cfg, {**cfg, "seed": 1}]) is None) == (not says)

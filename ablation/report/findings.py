@@ -181,11 +181,9 @@ def findings(trials: pd.DataFrame, tables: list[Table]) -> list[str]:
     """Bullet sentences: data caveat, unfinished trials, rotation accuracy, pretraining effect per freeze depth."""
     out = []
     trials = trials[trials["current"]]
-    tasks = set(trials["task"])
-    if tasks != {reference.REPORT_DATASET}:
-        out.append(f"This study used {', '.join(sorted(tasks))}; the report's numbers are for "
-                   f"{reference.REPORT_DATASET} (ResNet18, ImageNet stem, {reference.REPORT_FINETUNE_EPOCHS} fine-tune "
-                   f"epochs), so comparisons with them are not meaningful here; they are shown for context only.")
+    context = reference.context_note(trials.to_dict("records"))
+    if context:
+        out.append(context)
     copies = sorted(set(trials.loc[trials["task"] == reference.REPORT_DATASET, "dataset"]) - {reference.REPORT_DATASET})
     if copies:
         out.append(f"The {reference.REPORT_DATASET} images came from a copy ({', '.join(copies)}; see Data above), "

@@ -25,14 +25,46 @@ FINETUNE_BEST_ACC = {  # (freeze, init) -> percent
 }
 
 
-# The report's fixed hyperparameters: a cell that changes one of them is not the report's cell. Its dataset and
-# epochs are not checked here: the tables' notes say when a study used other data (the demo runs Fashion-MNIST).
+# The report's fixed hyperparameters: a cell that changes one of them is not the report's cell. Its data and
+# epochs are not checked here: departures() says when a study used other or fewer data or epochs (the demo).
 PROTOCOL = {"stem": REPORT_STEM, "labels_per_class": 0, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
 
 
 def comparable(cell: dict[str, Any]) -> bool:
     """The cell's trials share the report's fixed hyperparameters (keys absent from the cell are not checked)."""
     return all(cell.get(k, v) == v for k, v in PROTOCOL.items())
+
+
+def departures(cfg: dict[str, Any]) -> list[str]:
+    """How a trial's data and length depart from the report's (all of CIFAR-10, 20 fine-tune epochs). Its
+    number is then context, not a like-for-like comparison; a changed PROTOCOL hyperparameter is a different
+    cell (no report number at all)."""
+    def given(key: str) -> int:  # 0 where unset, or absent (NaN) in trials from before the key existed
+        value = cfg.get(key)
+        return int(value) if isinstance(value, (int, float)) and not math.isnan(value) else 0
+
+    out = []
+    if cfg.get("task") != REPORT_DATASET:
+        out.append(f"{cfg.get('task')} data, not {REPORT_DATASET}")
+    if given("train_subset"):
+        out.append(f"{given('train_subset'):,} training images (train_subset), not all")
+    if given("test_subset"):
+        out.append(f"{given('test_subset'):,} test images (test_subset), not all")
+    if given("val_split"):
+        out.append(f"{given('val_split'):,} training images held out for validation (val_split)")
+    if cfg.get("stage") == "finetune" and given("epochs") != REPORT_FINETUNE_EPOCHS:
+        out.append(f"{given('epochs')} fine-tune epochs, not {REPORT_FINETUNE_EPOCHS}")
+    return out
+
+
+def context_note(trials: list[dict[str, Any]]) -> str | None:
+    """One sentence on every way these trials depart from the report's setup; None when none does."""
+    found = list(dict.fromkeys(d for cfg in trials for d in departures(cfg)))
+    if not found:
+        return None
+    return (f"The report's numbers are for all of {REPORT_DATASET} (ImageNet-stem ResNet18) and "
+            f"{REPORT_FINETUNE_EPOCHS} fine-tune epochs; here: {'; '.join(found)}. So they are context, not a "
+            f"like-for-like comparison.")
 
 
 def rotation_best_acc(cell: dict[str, Any]) -> float:

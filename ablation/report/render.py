@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import reference
 from .tables import Table
 
 LABELS = {"labels_per_class": "labels/class"}  # shorter headers; any other key is shown by its name
@@ -99,11 +98,6 @@ def notes(table: Table, marks: set[str]) -> list[str]:
     if DOUBLE_DAGGER in marks:
         out.append(f"{DOUBLE_DAGGER} the report's number (one {one}) lies outside the 95% CI of our mean and outside "
                    f"the 95% prediction interval of one {one} of ours (mean ± t sd sqrt(1 + 1/n)).")
-    tasks = set(table.frame["task"]) if "task" in table.frame else set()
-    if tasks and tasks != {reference.REPORT_DATASET}:
-        out.append(f"The report used {reference.REPORT_DATASET} (ImageNet-stem ResNet18, "
-                   f"{reference.REPORT_FINETUNE_EPOCHS} fine-tune epochs); this study used "
-                   f"{', '.join(sorted(tasks))}, so the report column is context, not a like-for-like comparison.")
     return out
 
 

@@ -160,6 +160,12 @@ def tuning_choices(trials: pd.DataFrame, choices: dict[str, dict]) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def _context(notes: list[str], trials: pd.DataFrame) -> list[str]:
+    """A table's notes, and where its trials depart from the report's setup, the sentence that says how."""
+    context = reference.context_note(trials.to_dict("records"))
+    return [*notes, context] if context else notes
+
+
 def build_tables(trials: pd.DataFrame, choices: dict[str, dict] | None = None) -> list[Table]:
     """Every table the current spec's trials support, in report order (absent data: table left out). The
     freeze 4 / freeze 0 tables are the report's protocol; the rest follow whatever keys vary."""
@@ -173,26 +179,27 @@ def build_tables(trials: pd.DataFrame, choices: dict[str, dict] | None = None) -
     if len(rotation):
         keys = _keys(SETUP, cell_keys(rotation))
         tables.append(Table("rotation", "Rotation pretraining (predict 0/90/180/270 degrees)",
-                            summarize(rotation, keys, ROTATION_METRICS), keys=keys,
-                            metrics=tuple(ROTATION_METRICS)))
+                            summarize(rotation, keys, ROTATION_METRICS), _context([SUMMARY_NOTE], rotation), keys,
+                            tuple(ROTATION_METRICS)))
     ft_keys = cell_keys(finetune)
     for freeze, name, title in ((4, "finetune_partial", "Partial fine-tuning (freeze 4: layer4 + fc trained)"),
                                 (0, "finetune_full", "Full fine-tuning (freeze 0: every layer trained)")):
         part = finetune[finetune["freeze"] == freeze]
         if len(part):
             keys = _keys(SETUP, [k for k in ft_keys if k != "freeze"], ["init"])
-            tables.append(Table(name, title, summarize(part, keys, metrics), notes, keys, tuple(metrics)))
+            tables.append(Table(name, title, summarize(part, keys, metrics), _context(notes, part), keys,
+                                tuple(metrics)))
     if len(finetune) and (not set(ft_keys) <= {"init", "freeze"} or not set(finetune["freeze"]) <= {0, 4}):
         keys = _keys(SETUP, ft_keys, ["init"])
         tables.append(Table("finetune_cells", "Fine-tuning test accuracy, every cell of the study",
-                            summarize(finetune, keys, metrics), notes, keys, tuple(metrics)))
+                            summarize(finetune, keys, metrics), _context(notes, finetune), keys, tuple(metrics)))
     if {"pretrained", "random"} <= set(finetune["init"]):
         keys = _keys(SETUP, ["freeze"], ft_keys)  # freeze depth always: the report's question is asked per depth
         gaps = (GAP_BEST, GAP_FINAL, GAP_AT_VAL) if validated else (GAP_BEST, GAP_FINAL)
         effect = pretraining_effect(finetune, keys, gaps)
         if len(effect):
             tables.append(Table("pretraining_effect", "Effect of rotation pretraining: pretrained - random, paired by "
-                                "seed (points of test accuracy)", effect, [EFFECT_NOTE, *notes[1:]],
+                                "seed (points of test accuracy)", effect, _context([EFFECT_NOTE, *notes[1:]], finetune),
                                 [k for k in keys if k != "init"], gaps))
     if "search" in trials and (trials["current"] & trials["search"].fillna("").ne("")).any():
         tables.append(Table("tuning_choices", "Each cell's chosen nuisance hyperparameters (validation split)",
