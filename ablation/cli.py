@@ -59,10 +59,11 @@ def cmd_status(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import write_report
-    from .store import child, is_uri, upload
+    from .store import child, is_uri, remove_tree, upload
 
     out = write_report(local_study(args.study))
-    if is_uri(args.study):
+    if is_uri(args.study):  # replaced whole there too (the local copy stays if the upload fails: rerun it)
+        remove_tree(child(args.study, "report"))
         upload(out.parent, str(child(args.study, "report")))
         print(f"wrote {child(args.study, 'report', out.name)} (local copy: {out})")
     else:

@@ -512,3 +512,17 @@ def test_the_report_numbers_are_context_wherever_data_or_epochs_depart_from_its_
            **change}
     assert reference.departures(cfg) == says
     assert (reference.context_note([cfg, {**cfg, "seed": 1}]) is None) == (not says)
+
+
+def test_a_rebuilt_report_keeps_no_table_or_figure_of_an_older_spec(tmp_path):
+    from ablation.report import write_report
+
+    study = tmp_path / "tiny"
+    shutil.copytree(FIXTURE, study)
+    write_report(study)
+    stale = [study / "report" / "tables" / "accuracy_by_lr.md", study / "report" / "figures" / "accuracy_by_lr.png"]
+    for path in stale:  # what a spec with an lr axis left, before the axis was dropped
+        path.write_text("old")
+    write_report(study)
+    assert not any(p.exists() for p in stale) and (study / "report" / "tables" / "rotation.md").exists()
+    assert sorted(p.name for p in study.iterdir() if p.name.startswith(".report")) == []

@@ -183,13 +183,16 @@ def test_uri_storage_runs_resumes_and_reports_through_pyarrow(tmp_path, ray_sess
     assert run_study(str(spec), storage=uri) == 0  # resumed through Tune.restore at the URI
     assert set(trained_by_trial(study).values()) == {2}
     env = {**os.environ, "ABLATION_CACHE": str(tmp_path / "cache")}
+    stale = study / "report" / "tables" / "accuracy_by_lr.md"  # a table of an older spec
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old")
     for command in ("status", "report"):
         out = subprocess.run([sys.executable, "-m", "ablation.cli", command, f"{uri}/uri"], capture_output=True,
                              text=True, timeout=300, env=env)
         assert out.returncode == 0, out.stderr[-2000:]
     assert "3 finished" in subprocess.run([sys.executable, "-m", "ablation.cli", "status", f"{uri}/uri"],
                                           capture_output=True, text=True, env=env).stdout
-    assert (study / "report" / "report.md").stat().st_size > 0  # uploaded back to the URI
+    assert (study / "report" / "report.md").stat().st_size > 0 and not stale.exists()  # replaced at the URI
     assert not list((tmp_path / "cache").rglob("state.pt"))  # the local copy skips the weights
 
 

@@ -1,4 +1,4 @@
-"""`ablation report STUDY`: frames, tables, figures and report.md under STUDY/report/, each file atomically.
+"""`ablation report STUDY`: frames, tables, figures and report.md under STUDY/report/, swapped in whole.
 
 Why: one command turns a study directory (finished or not) into everything a write-up needs, in seconds,
 without torch or Ray, and can be rerun at any time while the sweep goes on.
@@ -7,6 +7,8 @@ without torch or Ray, and can be rerun at any time while the sweep goes on.
 from __future__ import annotations
 
 import io
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -71,10 +73,24 @@ def report_text(manifest: dict, epochs: pd.DataFrame, trials: pd.DataFrame, tabl
 
 
 def write_report(study_dir: Path) -> Path:
-    """Write STUDY/report/{report.md, tables/, figures/}; returns the path of report.md."""
+    """Write STUDY/report/{report.md, tables/, figures/}; returns the path of report.md. Built beside the old
+    report and swapped in whole: no table or figure of an older spec (an axis since dropped) stays behind
+    looking current, and a build that fails leaves the old report as it was."""
     study_dir = Path(study_dir)
     manifest, epochs, trials = load_study(study_dir)
-    out = study_dir / "report"
+    new, old = (study_dir / f".report.{part}-{os.getpid()}" for part in ("new", "old"))
+    try:
+        _build(manifest, epochs, trials, new)
+        if (study_dir / "report").exists():
+            os.rename(study_dir / "report", old)
+        os.rename(new, study_dir / "report")
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return study_dir / "report" / "report.md"
+
+
+def _build(manifest: dict, epochs: pd.DataFrame, trials: pd.DataFrame, out: Path) -> None:
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     write_frame(epochs, out / "tables", "epochs")
@@ -88,4 +104,3 @@ def write_report(study_dir: Path) -> Path:
     figures = write_figures(epochs[epochs["key"].isin(cells["key"])], cells, effect, out / "figures",
                             current[current["search"].fillna("").ne("")])
     write_atomic(out / "report.md", report_text(manifest, epochs, trials, tables, figures))
-    return out / "report.md"
