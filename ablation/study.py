@@ -258,8 +258,10 @@ def with_ends(study_dir: Location, manifest: dict[str, Any]) -> list[dict[str, A
 def sweep_cost(invocations: list[dict[str, Any]], epoch_seconds: float, trials: int) -> dict[str, float] | None:
     """Where the slots' time went: wall time, the ideal (summed epoch time / slots), their ratio, the share
     of slot time in epochs (training + evaluation) and the fixed cost per trial (the rest / trials). A killed
-    invocation ends at its `last_logged` time (with_ends); None while one has neither (running, or no log)."""
-    ends = [r.get("ended") or r.get("last_logged") for r in invocations]
+    invocation ends at its `last_logged` time (with_ends), or at its start when it has no log line to date it
+    (killed early, or before its log first reached object storage: the figures are then lower bounds); None
+    while one is running."""
+    ends = [r.get("ended") or r.get("last_logged") or ("last_logged" in r and r["started"]) for r in invocations]
     if not invocations or not epoch_seconds or not all(ends):
         return None
     walls = [(datetime.fromisoformat(end) - datetime.fromisoformat(r["started"])).total_seconds()

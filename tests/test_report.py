@@ -350,7 +350,8 @@ def test_sweep_cost_ends_a_killed_run_at_its_last_logged_line_and_skips_a_study_
     (line,) = sweep_cost([running, run], trials)
     assert line == "- Sweep cost: not computed: still running"
     (line,) = sweep_cost([{**running, "last_logged": None}, run], trials)  # killed, and no log (URI storage)
-    assert line == "- Sweep cost: not computed: 1 killed with no log line to date its end"
+    assert "2.0 min of wall time over 2 invocation(s)" in line  # its start to its start: 0 s, said so
+    assert "(1 killed before a log line dated its end: counted as 0 s, so these figures are lower bounds)" in line
 
 
 def test_a_killed_invocation_ends_at_its_logs_last_stamp_and_a_live_one_has_no_end(tmp_path):

@@ -76,23 +76,24 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
 def sweep_cost(runs: list[dict[str, Any]], trials: pd.DataFrame) -> list[str]:
     """How much of the slots' wall time went into epochs: the rest is Ray, start-up, dependency waits, work
     lost to kills. A driver killed with SIGKILL records no end: its run ends at its log's last line
-    (study.with_ends); without either (still running) there is no figure, since counting the epochs against
-    the other runs' wall time alone would overstate the share (above 100%)."""
+    (study.with_ends), or counts 0 s without one; while one still runs there is no figure, since counting the
+    epochs against the other runs' wall time alone would overstate the share (above 100%)."""
     epochs = float(trials["wall_time_s"].fillna(0).sum())
     if not runs or not epochs:
         return []
     cost = study.sweep_cost(runs, epochs, len(trials))
     if cost is None:
-        undated = sum(1 for r in runs if not r.get("ended") and "last_logged" in r and not r["last_logged"])
-        why = "still running" if not undated else f"{undated} killed with no log line to date its end"
-        return [f"- Sweep cost: not computed: {why}"]
+        return ["- Sweep cost: not computed: still running"]
     slots = sorted({r.get("slots", 1) for r in runs})
-    killed = sum(1 for r in runs if not r.get("ended"))
+    undated = sum(1 for r in runs if not r.get("ended") and not r.get("last_logged"))
+    killed = sum(1 for r in runs if not r.get("ended")) - undated
     return [f"- Sweep cost: {cost['wall_s'] / 60:.1f} min of wall time over {len(runs)} invocation(s) x "
             f"{'/'.join(f'{s:g}' for s in slots)} parallel slots"
             + (f" ({killed} killed: each ends at its log's last line: at most {study.LOG_EVERY:.0f} s early, or "
                f"{(study.LOG_UPLOAD_EVERY + study.LOG_EVERY) / 60:.1f} min for a log on object storage)"
                if killed else "")
+            + (f" ({undated} killed before a log line dated its end: counted as 0 s, so these figures are lower "
+               f"bounds)" if undated else "")
             + f"; epochs (training + evaluation) took "
             f"{cost['epochs_s'] / 60:.1f} min of it, {100 * cost['share']:.0f}% of the slots, "
             f"{cost['wall_over_ideal']:.2f}x the ideal wall time (the rest: Ray and trial start-up, data loading, "
