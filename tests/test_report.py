@@ -182,6 +182,12 @@ def test_report_md(study):
                    "images (test_subset), not all; 2 fine-tune epochs, not 20. So they are context, not a like-for-like",
                    "Pretraining changes partial fine-tuning (freeze 4)", "paired p = ", "n = 2 seeds"):
         assert needle in text, needle
+    fixed = {line.split(":")[0]: line for line in text.splitlines() if line.startswith("- Fixed, ")}
+    assert set(fixed) == {"- Fixed, rotation pretraining", "- Fixed, fine-tuning"}  # the playbook: report them
+    assert ", epochs 2, batch_size 64, lr 0.01, momentum 0.9," in fixed["- Fixed, fine-tuning"]
+    assert not re.search(r"\b(freeze|init|seed|rotation_mode) ", fixed["- Fixed, fine-tuning"])  # axes; rotation's
+    assert "rotation_mode random1" in fixed["- Fixed, rotation pretraining"]
+    assert not re.search(r"\b(freeze|init|labels/class) ", fixed["- Fixed, rotation pretraining"])  # fine-tuning's
     assert re.search(r"partial fine-tuning \(freeze 4\) best-epoch .*The report's best-epoch difference, \+3\.62 points, "
                      r"lies (in|out)side the 95% CI of our mean.{0,30} the 95% prediction interval of one seed pair of "
                      r"ours \[[-+.\d]+, [-+.\d]+\]", text)

@@ -14,7 +14,8 @@ from .. import study
 from ..config import dataset_of
 from ..states import STOPPED
 from . import reference
-from .render import MISSING, fmt, variants
+from .frames import fixed_keys, search_only
+from .render import MISSING, describe, fmt, variants
 from .tables import GAP_AT_VAL, GAP_BEST, GAP_FINAL, ROTATION_METRICS, Metric, Table
 
 FREEZE_NAMES = {0: "full fine-tuning (freeze 0)", 4: "partial fine-tuning (freeze 4)"}
@@ -39,7 +40,8 @@ def _data_copy(source: str, d: dict[str, Any]) -> str:
 
 
 def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame) -> list[str]:
-    """Bullet lines: study, dataset and data fingerprint, code version(s), trials finished / planned."""
+    """Bullet lines: study, dataset and data fingerprint, code version(s), trials finished / planned, the fixed
+    settings of each stage, devices and the sweep's cost."""
     runs = manifest.get("invocations", [])
     versions = list(dict.fromkeys(r.get("code_version", "unknown") for r in runs)) or ["unknown"]
     sources = study.data_sources(manifest)
@@ -58,6 +60,11 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
              f"{manifest.get('created', '?')}",
              f"- Trials finished: {int(current['finished'].sum())} of {len(current)} planned"
              + (f" ({stopped} search trial(s) stopped early by ASHA: done, not unfinished)" if stopped else "")]
+    for stage, title in (("rotation", "rotation pretraining"), ("finetune", "fine-tuning")):
+        cells = current[(current["stage"] == stage) & ~search_only(current)]
+        keys = fixed_keys(cells)
+        if keys:  # what a reader must know to rerun it, beside the axes the tables show
+            lines.append(f"- Fixed, {title}: {describe(cells.head(1), keys)[0]}")
     outside = len(trials) - len(current)
     if outside:
         lines.append(f"- {outside} trial(s) of earlier specs lie outside the current spec: kept on disk, listed "

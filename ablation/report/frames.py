@@ -94,20 +94,25 @@ def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFr
     return manifest, epochs, trials
 
 
+def _settings(trials: pd.DataFrame) -> dict[str, int]:
+    """Each setting of these trials (config keys, pretrain.* ones, seeds and searched keys aside) -> how many
+    values it takes."""
+    tuned = {k for t in trials.get("tuned", pd.Series(dtype=object)).dropna() for k in str(t).split(",") if k}
+    return {c: trials[c].dropna().astype(str).nunique() for c in trials.columns
+            if (c in CONFIG_KEYS or c.startswith("pretrain.")) and c not in NOT_CELL and c not in tuned}
+
+
 def cell_keys(trials: pd.DataFrame) -> list[str]:
     """Keys whose values differ across these (current) trials, seed aside: what tells their cells apart. Keys a
     tune block searched are not: each cell runs at its own chosen values of them (tables.tuning_choices)."""
-    keys = []
-    tuned = {k for t in trials.get("tuned", pd.Series(dtype=object)).dropna() for k in str(t).split(",") if k}
-    for column in trials.columns:
-        if column in NOT_CELL or column in SUMMARY or column in ("trial", "key") or column in tuned:
-            continue
-        if column not in CONFIG_KEYS and not column.startswith("pretrain."):
-            continue
-        values = trials[column].dropna()
-        if values.astype(str).nunique() > 1:
-            keys.append(column)
-    return keys
+    return [k for k, n in _settings(trials).items() if n > 1]
+
+
+def fixed_keys(trials: pd.DataFrame) -> list[str]:
+    """Keys with one value across these trials: the study's fixed hyperparameters, which the playbook says to
+    report (pretrain.* ones are the rotation trials' own; a key of another stage is not read by these trials)."""
+    other = {k for k, stage in TrialConfig.stage_only_keys().items() if stage not in set(trials["stage"])}
+    return [k for k, n in _settings(trials).items() if n == 1 and not k.startswith("pretrain.") and k not in other]
 
 
 def search_only(trials: pd.DataFrame) -> pd.Series:
