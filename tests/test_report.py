@@ -182,6 +182,9 @@ def test_report_md(study):
                    "images (test_subset), not all; 2 fine-tune epochs, not 20. So they are context, not a like-for-like",
                    "Pretraining changes partial fine-tuning (freeze 4)", "paired p = ", "n = 2 seeds"):
         assert needle in text, needle
+    from ablation import provenance
+
+    assert f"; this report written by {provenance.code_version()}\n" in text  # its tables' code, beside the training's
     fixed = {line.split(":")[0]: line for line in text.splitlines() if line.startswith("- Fixed, ")}
     assert set(fixed) == {"- Fixed, rotation pretraining", "- Fixed, fine-tuning"}  # the playbook: report them
     assert ", epochs 2, batch_size 64, lr 0.01, momentum 0.9," in fixed["- Fixed, fine-tuning"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from .. import study
+from .. import provenance, study
 from ..config import dataset_of
 from ..states import STOPPED
 from . import reference
@@ -55,7 +55,8 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
                                      if dataset_of(source) in datasets]
                                     + [f"{d} (data fingerprint unknown)" for d in datasets
                                        if not any(dataset_of(source) == d for source in sources)]),
-             "- Code version: " + ", ".join(versions) + (" (runs used more than one)" if len(versions) > 1 else ""),
+             "- Code version: " + ", ".join(versions) + (" (runs used more than one)" if len(versions) > 1 else "")
+             + f"; this report written by {provenance.code_version()}",
              f"- Spec digest: {last.get('spec_digest', '?')} (invocation {len(runs)} of the study); created "
              f"{manifest.get('created', '?')}",
              f"- Trials finished: {int(current['finished'].sum())} of {len(current)} planned"
