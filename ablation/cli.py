@@ -22,13 +22,15 @@ def cmd_train(args) -> int:
     if not args.out:  # checked after the config, so a bad key is named even when --out is missing too
         raise UserError("train needs --out DIR (the run directory for metrics.csv and checkpoints; "
                         "rerun with the same --out to resume)")
-    if "://" not in args.out:  # a URI run dir is staged locally and pushed; its store answers for itself
+    from .store import is_uri
+
+    if not is_uri(args.out):  # a URI run dir is staged locally and pushed; its store answers for itself
         problem = unwritable(args.out)
         if problem:  # before any data loading: not a traceback after the first epoch
             raise UserError(f"--out {args.out}: {problem}; choose another --out")
     from .rundir import run  # torch is imported only once the config is known to be good
 
-    out = args.out if "://" in args.out else Path(args.out)  # Path("s3://b/x") would be the local s3:/b/x
+    out = args.out if is_uri(args.out) else Path(args.out)  # Path("s3://b/x") would be the local s3:/b/x
     run(cfg, out, log=lambda msg: print(msg, flush=True))
     print(f"wrote {args.out.rstrip('/')}/metrics.csv")
     return 0
@@ -62,7 +64,7 @@ def cmd_report(args) -> int:
     from .store import child, is_uri, remove_tree, upload
 
     out = write_report(local_study(args.study))
-    if is_uri(args.study):  # replaced whole there too (the local copy stays if the upload fails: rerun it)
+    if is_uri(args.study):  # the old tree removed, then the new one uploaded (if that fails, rerun it)
         remove_tree(child(args.study, "report"))
         upload(out.parent, str(child(args.study, "report")))
         print(f"wrote {child(args.study, 'report', out.name)} (local copy: {out})")

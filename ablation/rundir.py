@@ -3,7 +3,8 @@
 Why: a run killed at any moment must resume from its last epoch when it is started again, with nothing lost
 and nothing mixed: the directory is the run's whole record, whatever started it (a shell, a Tune trial on
 any node). It may live at a URI (s3://, gs://, file://): it is then staged in a local temp folder and
-each epoch's files are pushed after the epoch, checkpoint first. Layout:
+each epoch's files are pushed after the epoch: run.json (the first time), then the checkpoint, then the
+metrics. Layout:
     run.json                      config, provenance, data copy, digest of a pretrained backbone
     metrics.jsonl                 one JSON row per epoch of the state the run continues from (device,
                                   data fingerprint, pretrained digest beside the metrics)

@@ -74,8 +74,9 @@ def write_file(location: Location, text: str) -> None:
 
 def create_new(location: Location, text: str) -> bool:
     """Write the file only if it does not exist yet; False if it does. Locally one atomic link of a finished
-    temp file, so of two processes that try at once exactly one succeeds and no reader sees it half written;
-    object stores have no such create, so there a writer only checks first."""
+    temp file, so of two processes that try at once exactly one succeeds and no reader sees it half written
+    (an exclusive open where the filesystem has no hard links); object stores have no such create, so there a
+    writer only checks first."""
     if is_uri(location):
         if exists(location):
             return False
@@ -90,6 +91,13 @@ def create_new(location: Location, text: str) -> bool:
         return True
     except FileExistsError:
         return False
+    except OSError:  # no hard links here (some FUSE and SMB mounts)
+        try:
+            with open(path, "x") as fh:
+                fh.write(text)
+            return True
+        except FileExistsError:
+            return False
     finally:
         tmp.unlink()
 

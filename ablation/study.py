@@ -32,6 +32,7 @@ from .store import Location
 
 MANIFEST = "manifest.json"
 LOCK = "driver.pid"
+CLAIM_SETTLE = 0.5  # seconds between writing a lock that was not created exclusively and reading it back
 TUNE_DIR = "tune"
 LOGS_DIR = "logs"
 FORMAT = 2  # 1: phase1/phase2 Tune experiments (before 2026-12-01)
@@ -79,13 +80,18 @@ def _refuse_another_driver(study_dir: Location) -> None:
 
 def claim(study_dir: Location) -> None:
     """Take the study's lock, or refuse while another live driver holds it. check_claim looked before the data
-    was loaded (minutes, the first time); this is the moment that counts: the lock is created only if absent
-    (store.create_new), so of two drivers starting together one gets it, and a stale one (its driver gone)
-    is replaced."""
+    was loaded (minutes, the first time); this is the moment that counts. A lock is created only if absent
+    (store.create_new: of two drivers starting together locally, one gets it). Replacing a stale one (its
+    driver killed), or creating one on object storage, is a check and then a write: there the lock is read
+    back after CLAIM_SETTLE seconds, and of drivers that wrote it together only the last writer goes on."""
     lock, mine = store.child(study_dir, LOCK), f"{os.getpid()} {socket.gethostname()}\n"
-    if not store.create_new(lock, mine):
+    if store.create_new(lock, mine) and not store.is_uri(lock):
+        return
+    if store.read_file(lock) != mine:
         _refuse_another_driver(study_dir)
         store.write_file(lock, mine)
+    time.sleep(CLAIM_SETTLE)
+    _refuse_another_driver(study_dir)
 
 
 def check_claim(study_dir: Location, fresh: bool) -> dict[str, Any] | None:
@@ -159,8 +165,8 @@ def begin(study_dir: Location, spec: Spec, spec_path: str, trials: list[Trial], 
           old: dict[str, Any] | None, slots: float) -> dict[str, Any]:
     """Take the lock and record this invocation: its spec, the trials it plans and which of them are new."""
     claim(study_dir)
-    if old is not None:  # read again under the lock: another driver may have run since check_claim read it
-        old = read_manifest(study_dir)
+    if store.exists(store.child(study_dir, MANIFEST)):  # again, under the lock: another driver may have run
+        old = read_manifest(study_dir)                  # (or begun the study) since check_claim looked
     record = provenance.record()
     manifest = old or {"format": FORMAT, "study": spec.name, "created": record["time"], "provenance": record,
                        "data": {}, "trials": {}, "invocations": []}

@@ -247,7 +247,7 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
     if spec.cpu > largest:  # a trial runs on one node: Tune would keep every trial pending, silently
         problem = (f"resources.cpu={spec.cpu:g} per trial, but the largest Ray node has {largest:g} CPUs, so no "
                    f"trial could start; ask for at most resources={{cpu: {largest:g}}}")
-        if address is None:  # a local Ray is the whole machine (gpu is at most 1: the spec refuses more)
+        if address is None:  # a local Ray is the whole machine
             raise UserError(problem)
         warn(f"{problem}, or add a node that large (the trials wait for one)")
     slots = have.get("CPU", 1) // spec.cpu

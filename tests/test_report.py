@@ -360,7 +360,8 @@ def test_sweep_cost_ends_a_killed_run_at_its_last_logged_line_and_skips_a_study_
     assert line == "- Sweep cost: not computed: still running"
     (line,) = sweep_cost([{**running, "last_logged": None}, run], trials)  # killed, and no log (URI storage)
     assert "2.0 min of wall time over 2 invocation(s)" in line  # its start to its start: 0 s, said so
-    assert "(1 killed before a log line dated its end: counted as 0 s, so these figures are lower bounds)" in line
+    assert "(1 killed before a log line dated its end: counted as 0 s, so the wall time is a lower bound and the " \
+           "share in epochs an upper one)" in line
 
 
 def test_a_killed_invocation_ends_at_its_logs_last_stamp_and_a_live_one_has_no_end(tmp_path):
@@ -536,3 +537,26 @@ def test_a_rebuilt_report_keeps_no_table_or_figure_of_an_older_spec(tmp_path):
     write_report(study)
     assert not any(p.exists() for p in stale) and (study / "report" / "tables" / "rotation.md").exists()
     assert sorted(p.name for p in study.iterdir() if p.name.startswith(".report")) == []
+
+
+def test_a_report_whose_swap_fails_leaves_the_old_one_in_place(tmp_path, monkeypatch):
+    import os
+
+    from ablation.report import write_report
+
+    study = tmp_path / "tiny"
+    shutil.copytree(FIXTURE, study)
+    write_report(study)
+    before = (study / "report" / "report.md").read_text()
+    rename = os.rename
+
+    def fail_the_swap(src, dst):
+        if str(src).startswith(str(study / ".report.new-")):
+            raise OSError("disk gone")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", fail_the_swap)
+    with pytest.raises(OSError, match="disk gone"):
+        write_report(study)
+    assert (study / "report" / "report.md").read_text() == before
+    assert not [p.name for p in study.iterdir() if p.name.startswith(".report")]

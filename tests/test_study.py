@@ -56,10 +56,16 @@ def _claim_at_once(study_dir, start, results):
     time.sleep(3)  # alive while the others look at the lock
 
 
-def test_of_drivers_claiming_a_study_at_once_exactly_one_gets_it(tmp_path):
-    """check_claim looks before the data loads (minutes); the lock is taken after, by an exclusive create."""
+@pytest.mark.parametrize("lock", ["none", "stale"])
+def test_of_drivers_claiming_a_study_at_once_exactly_one_gets_it(tmp_path, lock):
+    """check_claim looks before the data loads (minutes); the lock is taken after: created exclusively, or
+    (replacing a killed driver's) written and read back."""
     import multiprocessing
+    import socket
 
+    if lock == "stale":
+        (tmp_path / "s").mkdir()
+        (tmp_path / "s" / study.LOCK).write_text(f"999999999 {socket.gethostname()}\n")  # no such process
     ctx = multiprocessing.get_context("fork")
     start, results = ctx.Barrier(4), ctx.Queue()
     procs = [ctx.Process(target=_claim_at_once, args=(tmp_path / "s", start, results)) for _ in range(4)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,13 +104,15 @@ def test_run_dir_resumes_after_a_crash_and_refuses_another_config(tmp_path):
 
 def test_a_uri_run_cut_off_while_uploading_its_first_checkpoint_starts_again_on_rerun(tmp_path, monkeypatch):
     """run.json reaches the store before the checkpoint: a run dir that holds only part of its first upload
-    is still recognised as this config's (not refused as a stranger's folder) and trains from the start."""
+    (the weights, not yet their meta.json) is still recognised as this config's (not refused as a stranger's
+    folder) and trains from the start."""
     from ablation import store
 
     upload = store.upload
 
     def cut_off(local, uri):
         if "checkpoints" in str(uri):
+            upload(Path(local) / "state.pt", f"{uri}/state.pt")
             raise ConnectionError("node lost")
         upload(local, uri)
 

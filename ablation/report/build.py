@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -78,16 +79,23 @@ def write_report(study_dir: Path) -> Path:
     looking current, and a build that fails leaves the old report as it was."""
     study_dir = Path(study_dir)
     manifest, epochs, trials = load_study(study_dir)
-    new, old = (study_dir / f".report.{part}-{os.getpid()}" for part in ("new", "old"))
+    report = study_dir / "report"
+    new = Path(tempfile.mkdtemp(prefix=".report.new-", dir=study_dir))
+    old = new.with_name(new.name.replace(".new-", ".old-"))
     try:
         _build(manifest, epochs, trials, new)
-        if (study_dir / "report").exists():
-            os.rename(study_dir / "report", old)
-        os.rename(new, study_dir / "report")
+        if report.exists():
+            os.rename(report, old)
+        try:
+            os.rename(new, report)
+        except OSError:
+            if old.exists():
+                os.rename(old, report)  # the old report back, not none
+            raise
     finally:
         shutil.rmtree(new, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-    return study_dir / "report" / "report.md"
+    return report / "report.md"
 
 
 def _build(manifest: dict, epochs: pd.DataFrame, trials: pd.DataFrame, out: Path) -> None:

@@ -100,8 +100,8 @@ def sweep_cost(runs: list[dict[str, Any]], trials: pd.DataFrame) -> list[str]:
             + (f" ({killed} killed: each ends at its log's last line: at most {study.LOG_EVERY:.0f} s early, or "
                f"{(study.LOG_UPLOAD_EVERY + study.LOG_EVERY) / 60:.1f} min for a log on object storage)"
                if killed else "")
-            + (f" ({undated} killed before a log line dated its end: counted as 0 s, so these figures are lower "
-               f"bounds)" if undated else "")
+            + (f" ({undated} killed before a log line dated its end: counted as 0 s, so the wall time is a lower "
+               f"bound and the share in epochs an upper one)" if undated else "")
             + f"; epochs (training + evaluation) took "
             f"{cost['epochs_s'] / 60:.1f} min of it, {100 * cost['share']:.0f}% of the slots, "
             f"{cost['wall_over_ideal']:.2f}x the ideal wall time (the rest: Ray and trial start-up, data loading, "
