@@ -1,4 +1,5 @@
-"""Study spec (experiments/<study>.yaml) -> the set of trials it asks for. No torch, no ray.
+"""Study spec (experiments/<study>.yaml) -> the set of trials it asks for. No torch; Ray only where a tune: block's
+configurations are sampled (tuning.py uses Tune's samplers, seeded).
 
 Why: a researcher names an ablation by its axes and its fixed hyperparameters; this module turns that into
 exact trial configs, the same way every time. Any TrialConfig key can be an axis, for both stages or one:
