@@ -18,7 +18,7 @@ from ray.tune import Callback
 
 from . import store
 from .store import Location
-from .study import LOG_EVERY, LOG_UPLOAD_EVERY, clock
+from .study import LOG_EVERY, LOG_UPLOAD_EVERY, STARTED, clock
 
 
 def _name(trial) -> str:
@@ -141,7 +141,7 @@ class Progress(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.running.add(trial.trial_id)
-        self.event(f"started  {_name(trial)}")
+        self.event(f"{STARTED}{_name(trial)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.trained += 1

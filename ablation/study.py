@@ -32,6 +32,7 @@ from .store import Location
 
 MANIFEST = "manifest.json"
 LOCK = "driver.pid"
+STARTED = "started  "  # the sweep log's event when Tune starts a trial (progress.py): "[0:04] started  rot-s0"
 CLAIM_SETTLE = 0.5  # seconds between writing a lock that was not created exclusively and reading it back
 TUNE_DIR = "tune"
 LOGS_DIR = "logs"
@@ -296,6 +297,8 @@ def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -
     current = current_keys(manifest)
     last = manifest["invocations"][-1] if manifest.get("invocations") else {}
     live = live_driver(study_dir) is not None
+    sweep_log = store.read_file(log_location(study_dir, len(manifest.get("invocations", [])))) if live else None
+    launched = set(re.findall(rf"^\[[\d:]+\] {STARTED}(\S+)$", sweep_log or "", re.M))
     order = current + [k for k in manifest["trials"] if k not in set(current)]
     out = []
     for key in order:
@@ -310,8 +313,8 @@ def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -
             state = FAILED
         elif key in last.get("skipped", {}):
             state = SKIPPED
-        elif live and key in current:
-            state = RUNNING if rows else WAITING
+        elif live and key in current:  # started, without an epoch yet: running, not waiting
+            state = RUNNING if rows or entry["name"] in launched else WAITING
         else:
             state = INTERRUPTED if rows else NOT_STARTED
         log = trained_log(location)

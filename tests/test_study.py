@@ -93,3 +93,27 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_refused(tmp_path):
         assert (tmp_path / study.LOCK).read_text().startswith(f"{other.pid} ")
     finally:
         other.kill()
+
+
+def test_a_trial_tune_started_is_running_before_its_first_epoch_lands(tmp_path):
+    """A fine-tune's first epoch can take minutes: `status` says running from the sweep log's start line."""
+    import os
+    import shutil
+    import socket
+
+    fixture = __import__("pathlib").Path(__file__).parent / "fixtures" / "study_tiny"
+    shutil.copytree(fixture, tmp_path / "s")
+    s = tmp_path / "s"
+    manifest = json.loads((s / study.MANIFEST).read_text())
+    by_name = {t["name"]: t for t in manifest["trials"].values()}
+    for name in ("ft-random-f0-s1", "ft-random-f4-s1"):  # neither has an epoch yet
+        shutil.rmtree(s / "trials" / by_name[name]["dir"])
+    (s / study.LOCK).write_text(f"{os.getpid()} {socket.gethostname()}\n")  # a live driver
+    log = study.log_location(s, len(manifest["invocations"]))
+    log.parent.mkdir(exist_ok=True)
+    log.write_text(f"[0:04] {study.STARTED}ft-random-f0-s1\n[0:31] 0/2 trials done, 1 running\n")
+    states = {r["name"]: r["state"] for r in study.trial_records(s)}
+    assert states["ft-random-f0-s1"] == "running" and states["ft-random-f4-s1"] == "waiting"
+    (s / study.LOCK).unlink()  # the driver gone: neither is running
+    states = {r["name"]: r["state"] for r in study.trial_records(s)}
+    assert {states["ft-random-f0-s1"], states["ft-random-f4-s1"]} == {"not started"}
