@@ -173,6 +173,25 @@ def test_figures_written(study):
     assert not list(figures.glob("accuracy_by_labels*"))  # one label count: no such figure
 
 
+def test_every_panel_of_a_figure_shows_all_of_its_curves(tmp_path):
+    """Panels share y: a range fixed while the first panel was drawn cut off the others (freeze 0 at ~80% went
+    off the top of a range drawn for freeze 4 at ~60%)."""
+    from ablation.report.figures import _clip_y, learning_curves
+    from ablation.report.frames import load_study
+
+    _, epochs, trials = load_study(FIXTURE)
+    full = epochs["freeze"] == 0
+    epochs.loc[full, "test_acc"] = (epochs.loc[full, "test_acc"] + 0.7).clip(upper=1)  # far above freeze 4
+    fig = learning_curves(epochs, trials, None)
+    _clip_y(fig)
+    panels = [ax for ax in fig.axes if ax.lines]
+    assert len(panels) == 2
+    for ax in panels:
+        low, high = ax.get_ylim()
+        for line in ax.lines:
+            assert low <= min(line.get_ydata()) and max(line.get_ydata()) <= high, ax.get_title()
+
+
 def test_report_md(study):
     text = (study / "report" / "report.md").read_text()
     manifest = json.loads((study / "manifest.json").read_text())

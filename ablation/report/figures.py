@@ -60,13 +60,19 @@ def _errorbars(ax, xs, ivs: list[Interval], **style) -> None:
     ax.errorbar(xs, means, yerr=err, marker="o", capsize=4, **style)
 
 
-def _label(ax, title: str, xlabel: str, ylabel: str, legend_title: str | None = None, limit: float = 100) -> None:
-    """Titles, axis labels and legend; y clipped to [-limit or 0, limit] (few seeds give wide t-intervals)."""
+def _label(ax, title: str, xlabel: str, ylabel: str, legend_title: str | None = None) -> None:
+    """Titles, axis labels and legend."""
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    low, high = ax.get_ylim()
-    ax.set_ylim(max(low, 0 if "accuracy (%)" in ylabel else -limit), min(high, limit))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(title=legend_title, fontsize="small")
+
+
+def _clip_y(fig: Figure, limit: float = 100) -> None:
+    """Clip each panel's y range to [0 (accuracy) or -limit, limit]: few seeds give wide t-intervals. Run once
+    every panel is drawn: panels share y, and a range fixed earlier would cut off the panels drawn after it."""
+    for ax in fig.axes:
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, 0 if "accuracy (%)" in ax.get_ylabel() else -limit), min(high, limit))
 
 
 def _ft_variant_keys(trials: pd.DataFrame, drop: tuple[str, ...]) -> list[str]:
@@ -241,6 +247,7 @@ def write_figures(epochs: pd.DataFrame, trials: pd.DataFrame, effect: pd.DataFra
     for name, (make, frame) in makers.items():
         fig = make(epochs, frame, effect)
         if fig is not None:
+            _clip_y(fig)
             save(fig, outdir, name)
             written.append((name, fig.get_suptitle().replace("\n", " ")))
     return written
