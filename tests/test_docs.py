@@ -54,6 +54,36 @@ def test_readme_one_seed_table_quotes_the_committed_runs():
     assert quoted == 2 * len(ONE_SEED_ROWS)
 
 
+SIDE_BY_SIDE = {  # README's label of a row of run B's side-by-side table -> the one-seed rows it reads
+    "rotation": ("rotation",),
+    "freeze 4, pretrained": ("finetune freeze 4 pretrained",),
+    "freeze 4, random": ("finetune freeze 4 random",),
+    "freeze 4, gap": ("finetune freeze 4 pretrained", "finetune freeze 4 random"),
+    "freeze 0, pretrained": ("finetune freeze 0 pretrained",),
+    "freeze 0, random": ("finetune freeze 0 random",),
+    "freeze 0, gap": ("finetune freeze 0 pretrained", "finetune freeze 0 random"),
+}
+
+
+def test_run_b_side_by_side_table_quotes_its_report_and_the_one_seed_runs():
+    """Each one-seed cell is that run's best accuracy (a gap: pretrained - random of it), each run B cell a
+    mean and 95% CI of one row of results/report-cifar10's tables, so neither can drift from the runs."""
+    runs = [summary_figures("protocol-cpu-seed0"), summary_figures("protocol-cpu-seed0-augment")]
+    report = (ROOT / "results" / "report-cifar10" / "report.md").read_text().splitlines()
+    rows = 0
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] not in SIDE_BY_SIDE or len(cells) != 6:
+            continue
+        best = [[float(run[label][0]) for label in SIDE_BY_SIDE[cells[0]]] for run in runs]
+        expected = [f"{b[0] - b[1]:+.2f}" if len(b) == 2 else f"{b[0]:.2f}" for b in best]
+        assert cells[3:5] == expected, f"README's {cells[0]!r} one-seed cells {cells[3:5]} vs the runs' {expected}"
+        mean, ci = re.fullmatch(r"(\S+) (\[.+\])", cells[5]).groups()
+        assert any(f"| {mean} ± " in r and f"| {ci} |" in r for r in report), f"{cells[0]!r}: {cells[5]} not in report"
+        rows += 1
+    assert rows == len(SIDE_BY_SIDE)
+
+
 REPORT_LINK = re.compile(r"\((?:\./)?(results/[\w./-]+/report\.md)(?:#[\w-]*)?\)")
 
 
