@@ -173,7 +173,7 @@ def test_figures_written(study):
     assert not list(figures.glob("accuracy_by_labels*"))  # one label count: no such figure
 
 
-def test_every_panel_of_a_figure_shows_all_of_its_curves(tmp_path):
+def test_every_panel_of_a_figure_shows_all_of_its_curves():
     """Panels share y: a range fixed while the first panel was drawn cut off the others (freeze 0 at ~80% went
     off the top of a range drawn for freeze 4 at ~60%)."""
     from ablation.report.figures import _clip_y, learning_curves
