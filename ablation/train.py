@@ -242,8 +242,8 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
                "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
                "epoch_time_s": time.perf_counter() - t0, "train_images_per_s": seen / train_time,
-               "device": device_name(s.device), "host": platform.node(), "node": node,  # where it was measured
-               **val}
+               "device": device_name(s.device), "threads": torch.get_num_threads(), "host": platform.node(),
+               "node": node, **val}  # where and how it was measured
         if s.frozen_digest:  # checked every epoch, so the record says the frozen groups never moved
             row["frozen_intact"] = frozen_digest(s.model, cfg.freeze) == s.frozen_digest
         if cfg.stage == "rotation" and epoch == cfg.epochs:  # what a pretrained fine-tune must record loading

@@ -20,9 +20,13 @@ from .rundir import run
 
 
 def run_trial(param: dict[str, Any]) -> None:
-    """param["trial"] = {"key", "name", "config" (TrialConfig dict), "dir" (the trial's run dir), "gpu"}."""
+    """param["trial"] = {"key", "name", "config" (TrialConfig dict), "dir" (the trial's run dir), "cpu", "gpu"}."""
     trial = param["trial"]
     cfg = TrialConfig.from_dict(trial["config"])
+    if trial.get("cpu"):  # as many threads as CPUs granted: an OMP_NUM_THREADS inherited from the driver's shell
+        import torch  # (Ray keeps it) would make the trials on a node oversubscribe its cores (4x slower here)
+
+        torch.set_num_threads(max(1, int(trial["cpu"])))
     if trial.get("gpu") and cfg.device != "cpu":
         import torch
 

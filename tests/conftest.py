@@ -13,7 +13,6 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 if not (FASHION / "train-images-idx3-ubyte.gz").exists():
     raise RuntimeError("tests need Fashion-MNIST: apt-get install -y dataset-fashion-mnist (bash .ci/run does)")
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 def tiny(**over):
@@ -35,12 +34,43 @@ def fashion():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for every in-process sweep test (ray.init costs ~5-8 s here)."""
+    """One local Ray for every in-process sweep test (ray.init costs ~5-8 s here). Its workers get an
+    OMP_NUM_THREADS of 2, as from a user's shell: a trial must still use only the CPUs Ray granted it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "2"}})
     yield ray
     ray.shutdown()
+
+
+# The reference study: seeds x init x freeze (10 trials), 3 epochs each, on 256 Fashion-MNIST images. Trained
+# once per test run (`reference_study`), uninterrupted; the fault and cluster tests run it again with kills and
+# must end with its metrics and bit-identical weights, the sweep tests read its records.
+EPOCHS = 3
+REFERENCE = dict(seeds=[0, 1], init=["pretrained", "random"], freeze=[4, 0], train_subset=256,
+                 pretrain={"epochs": EPOCHS}, finetune={"epochs": EPOCHS})
+
+
+@pytest.fixture(scope="session")
+def reference_study(tmp_path_factory, ray_session):
+    from ablation.sweep import run_study
+
+    root = tmp_path_factory.mktemp("reference")
+    assert run_study(str(write_spec(root / "ref.yaml", name="ref", **REFERENCE)), storage=str(root)) == 0
+    return root / "ref"
+
+
+def copy_study(study: Path, to: Path) -> Path:
+    """A copy of a finished study that a test may rerun or damage: checkpoints hard-linked (never written
+    in place), every other file copied."""
+    import shutil
+
+    def link_or_copy(src, dst):
+        return os.link(src, dst) if src.endswith(".pt") else shutil.copy2(src, dst)
+
+    shutil.copytree(study, to, copy_function=link_or_copy)
+    return to
 
 
 def write_spec(path, **over):

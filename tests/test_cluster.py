@@ -1,7 +1,9 @@
 """A real multi-node Ray cluster on this machine (a head and a worker node, one CPU each, started with
-`ray start` as a user would): a study runs across both nodes, and a worker node SIGKILLed while one of its
-trials is training loses nothing: the trial is retried on the remaining node from its last checkpoint, and
-every trial ends with the metrics and weights of the same study run on one node."""
+`ray start` as a user would, once for the module): the reference study runs across both nodes, a worker node
+SIGKILLed while one of its trials is training loses nothing (the trial is retried on the remaining node from
+its last checkpoint), a driver SIGKILLed and rerun with --address resumes, and every trial ends with the
+metrics and weights of the reference study run on one node. A node that cannot see the storage or the data is
+one line before any trial."""
 
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_spec
-from test_sweep import rows_by_trial, trained_by_trial, trial_dirs, trial_states
+from ablation.sweep import run_study
+from conftest import EPOCHS, REFERENCE, write_spec
+from helpers import (AGENTS, descendants, finished_trials, kill_driver, outcome, rows_by_trial, start_driver, sweep,
+                     trained_by_trial, trial_states, wait_for)
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 3
 RAY = str(Path(sys.executable).parent / "ray")
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # token auth is tested by Ray; here the nodes are ours
 
@@ -81,94 +84,35 @@ def ray_cluster(hide: tuple[Path, ...] = ()):
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def cluster():
-    with ray_cluster() as c:
-        yield c
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One two-node cluster for the module; its worker node sees an empty folder at `hidden`."""
+    hidden = tmp_path_factory.mktemp("hidden")
+    with ray_cluster(hide=(hidden,)) as (address, temp):
+        yield address, temp, hidden
 
 
-def outcome(study: Path) -> dict:
-    from ablation.checkpoint import checkpoint_dirs, load_checkpoint
-    from ablation.models import weights_digest
-
-    out = {}
-    for trial, rows in rows_by_trial(study).items():
-        weights = load_checkpoint(checkpoint_dirs(trial_dirs(study)[trial])[0])["model"]
-        out[trial] = ([r["epoch"] for r in rows], rows[-1]["test_loss"], rows[-1]["test_acc"], weights_digest(weights))
+def trial_workers(temp: str) -> set[int]:
+    """Processes of this cluster running a trial (Ray titles a worker `ray::IDLE` while it runs nothing)."""
+    out = set()
+    for raylet, _ in raylets(temp).values():
+        for pid in descendants(raylet):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if title.startswith(b"ray::") and not title.startswith((b"ray::IDLE", *AGENTS)):
+                out.add(pid)
     return out
 
 
-def sweep(spec: Path, storage: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(storage),
-                             *extra], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def test_cluster_study_runs_on_two_nodes_and_survives_a_worker_node_killed_mid_trial(tmp_path, cluster):
-    address, temp = cluster
-    spec = write_spec(tmp_path / "c.yaml", name="c", train_subset=384, pretrain={"epochs": EPOCHS},
-                      finetune={"epochs": EPOCHS}, max_failures=3)
-    study = tmp_path / "cluster" / "c"
-    proc = sweep(spec, tmp_path / "cluster", "--address", address)
-    nodes = raylets(temp)
-    (worker,) = [n for n, (_, head) in nodes.items() if not head]
-    victim, deadline = None, time.time() + 600
-    while victim is None and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        if not (study / "manifest.json").exists():
-            continue
-        for trial, rows in rows_by_trial(study).items():  # a trial on the worker node, one epoch in, more to go
-            if rows and rows[-1].get("node") == worker and len(rows) < EPOCHS:
-                victim = trial
-    assert victim, f"no trial ran on the worker node: {proc.communicate()[0][-3000:]}"
-    os.kill(nodes[worker][0], signal.SIGKILL)  # the node's raylet: its workers go with it
-    output = proc.communicate(timeout=900)[0]
-    assert proc.returncode == 0, output[-3000:]
-    assert {s["state"] for s in trial_states(study)} == {"finished"}
-    ran_on = {r["node"] for rows in rows_by_trial(study).values() for r in rows}
-    assert worker in ran_on and len(ran_on) >= 2
-    (head,) = [n for n, (_, is_head) in nodes.items() if is_head]
-    assert [r["node"] for r in rows_by_trial(study)[victim]][0] == worker  # begun on the worker node,
-    assert rows_by_trial(study)[victim][-1]["node"] == head  # finished on the head from its checkpoint
-    assert trained_by_trial(study)[victim] <= EPOCHS + 1  # at most the epoch it was training again
-    assert sum(trained_by_trial(study).values()) <= EPOCHS * len(trial_states(study)) + 2
-
-    one_node = sweep(spec, tmp_path / "local")  # the same study on one node (local Ray, 2 CPUs)
-    local_output = one_node.communicate(timeout=900)[0]
-    assert one_node.returncode == 0, local_output[-3000:]
-    assert outcome(study) == outcome(tmp_path / "local" / "c")  # same metrics, bit-identical weights
-    log = json.loads((study / "manifest.json").read_text())["invocations"][-1]
-    assert log["outcome"] == "finished" and not log["failed"]
-
-
-def test_cluster_driver_killed_and_rerun_with_address_resumes(tmp_path, cluster):
-    from test_sweep import finished_trials
-
-    address, _ = cluster
-    spec = write_spec(tmp_path / "d.yaml", name="d", train_subset=384, pretrain={"epochs": EPOCHS},
-                      finetune={"epochs": EPOCHS})
-    study = tmp_path / "d"
-    proc = sweep(spec, tmp_path, "--address", address)
-    deadline = time.time() + 600
-    while not finished_trials(study) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.3)
-    assert proc.poll() is None, "the study ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_at_kill = finished_trials(study)
-    time.sleep(5)  # the cluster outlives the driver: its trials are stopped as their owner is gone
-    rerun = sweep(spec, tmp_path, "--address", address)
-    output = rerun.communicate(timeout=900)[0]
-    assert rerun.returncode == 0, output[-3000:]
-    assert {s["state"] for s in trial_states(study)} == {"finished"}
-    trained = trained_by_trial(study)
-    assert {t: trained[t] for t in done_at_kill} == done_at_kill  # not one more epoch
-    assert sum(trained.values()) <= EPOCHS * len(trained) + 2  # one epoch per slot at the kill, at most
-
-
-def test_cluster_nodes_that_cannot_see_the_storage_or_the_data_are_one_line_before_any_trial(tmp_path):
+def test_cluster_nodes_that_cannot_see_the_storage_or_the_data_are_one_line_before_any_trial(
+        tmp_path, cluster, ray_session):
+    """Runs before the test that kills the worker node."""
     from PIL import Image
 
-    hidden = tmp_path / "hidden"
+    address, _, hidden = cluster
     images = hidden / "images"
     for split in ("train", "test"):
         for label, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
@@ -179,26 +123,63 @@ def test_cluster_nodes_that_cannot_see_the_storage_or_the_data_are_one_line_befo
     spec = write_spec(tmp_path / "n.yaml", name="n", seeds=[0], init=["random"], freeze=[0], train_subset=0,
                       test_subset=0, finetune={"epochs": 1}, pretrain={"epochs": 1})
     data = ["dataset=imagefolder", f"data_dir={images}", f"cache_dir={tmp_path / 'cache'}"]
-    made = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(tmp_path / "old"),
-                           *data], env=ENV, capture_output=True, text=True, timeout=300)  # a study to replace
-    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
-    with ray_cluster(hide=(hidden,)) as (address, _):
-        storage = hidden / "studies"  # the driver sees it; the worker node sees an empty folder there
-        result = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(storage),
-                                 "--address", address], env=ENV, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 2 and "cannot see the study storage" in result.stderr, result.stderr[-3000:]
-        assert result.stderr.count("\n") == 1 and result.stderr.startswith("ablation: error: Ray node ")
-        assert not storage.exists()  # nothing written, not even the probe's folder
+    overrides = dict(arg.split("=", 1) for arg in data)
+    assert run_study(str(spec), storage=str(tmp_path / "old"), overrides=overrides) == 0  # a study to replace
+    storage = hidden / "studies"  # the driver sees it; the worker node sees an empty folder there
+    result = sweep(spec, storage, "--address", address, env=ENV, timeout=300)
+    assert result.returncode == 2 and "cannot see the study storage" in result.stderr, result.stderr[-3000:]
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("ablation: error: Ray node ")
+    assert not storage.exists()  # nothing written, not even the probe's folder
 
-        result = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage",
-                                 str(tmp_path / "st"), "--address", address, "dataset=imagefolder",
-                                 f"data_dir={images}", f"cache_dir={tmp_path / 'cache'}"],
-                                env=ENV, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 2 and "imagefolder: neither" in result.stderr, result.stderr[-3000:]
-        assert result.stderr.count("\n") == 1 and not (tmp_path / "st").exists()
+    result = sweep(spec, tmp_path / "st", "--address", address, *data, env=ENV, timeout=300)
+    assert result.returncode == 2 and "imagefolder: neither" in result.stderr, result.stderr[-3000:]
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "st").exists()
 
-        result = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage",
-                                 str(tmp_path / "old"), "--address", address, "--fresh", *data],
-                                env=ENV, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 2 and "imagefolder: neither" in result.stderr, result.stderr[-3000:]
-        assert [p.name for p in (tmp_path / "old").iterdir()] == ["n"]  # --fresh moved nothing aside
+    result = sweep(spec, tmp_path / "old", "--address", address, "--fresh", *data, env=ENV, timeout=300)
+    assert result.returncode == 2 and "imagefolder: neither" in result.stderr, result.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["n"]  # --fresh moved nothing aside
+
+
+def test_cluster_study_survives_a_worker_node_killed_mid_trial_and_a_driver_killed_then_rerun(
+        tmp_path, cluster, reference_study):
+    """The reference study over two nodes: the worker node's raylet SIGKILLed while one of its trials trains
+    (the trial is retried on the head from its checkpoint), then the driver SIGKILLed (the cluster outlives
+    it) and the same command rerun with --address: every trial ends with the reference's metrics and weights."""
+    address, temp, _ = cluster
+    spec = write_spec(tmp_path / "c.yaml", name="c", **REFERENCE, max_failures=3)
+    study = tmp_path / "c"
+    proc = start_driver(spec, tmp_path, "--address", address, env=ENV)
+    nodes = raylets(temp)
+    (worker,) = [n for n, (_, head) in nodes.items() if not head]
+    (head,) = [n for n, (_, is_head) in nodes.items() if is_head]
+
+    def on_worker() -> str | None:  # a trial on the worker node, one epoch in, more to go
+        if not (study / "manifest.json").exists():
+            return None
+        return next((t for t, rows in rows_by_trial(study).items()
+                     if rows and rows[-1].get("node") == worker and len(rows) < EPOCHS), None)
+
+    wait_for(lambda: on_worker() is not None, proc, "a trial on the worker node")
+    victim = on_worker()
+    os.kill(nodes[worker][0], signal.SIGKILL)  # the node's raylet: its workers go with it
+    wait_for(lambda: rows_by_trial(study)[victim][-1]["node"] == head, proc, f"{victim} resumed on the head")
+    kill_driver(proc)
+    done_at_kill = finished_trials(study)
+    deadline = time.monotonic() + 60  # the cluster outlives the driver: Ray stops the trials of the dead job
+    while trial_workers(temp):
+        assert time.monotonic() < deadline, "the killed driver's trials still run on the cluster"
+        time.sleep(0.2)
+    rerun = sweep(spec, tmp_path, "--address", address, env=ENV)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert {s["state"] for s in trial_states(study)} == {"finished"}
+    rows = rows_by_trial(study)
+    assert worker in {r["node"] for trial_rows in rows.values() for r in trial_rows}
+    assert rows[victim][0]["node"] == worker  # begun on the worker node, resumed on the head from its checkpoint
+    trained = trained_by_trial(study)
+    assert {t: trained[t] for t in done_at_kill} == done_at_kill  # finished at the driver kill: not one more epoch
+    # at most the epoch in progress of each trial running at a kill: the worker node's one at the raylet kill,
+    # the head's one at the driver kill (one node, one CPU, one slot left)
+    assert trained[victim] <= EPOCHS + 2 and sum(trained.values()) <= EPOCHS * len(trained) + 2
+    assert outcome(study) == outcome(reference_study)  # same metrics, bit-identical weights as on one node
+    log = json.loads((study / "manifest.json").read_text())["invocations"][-1]
+    assert log["outcome"] == "finished" and not log["failed"]

@@ -45,15 +45,14 @@ def test_a_sweep_ends_with_a_line_per_problem_and_its_exit_code(failed, skipped,
     assert all(line.startswith(start) for line, start in zip(lines, says)), lines
 
 
-def _claim_at_once(study_dir, start, results):
+def _claim_at_once(study_dir, start, results, release):
     start.wait()
     try:
         study.claim(study_dir)
         results.put("claimed")
     except study.StudyError:
         results.put("refused")
-    import time
-    time.sleep(3)  # alive while the others look at the lock
+    release.wait(60)  # alive until every other one has looked at the lock
 
 
 @pytest.mark.parametrize("lock", ["none", "stale"])
@@ -67,11 +66,12 @@ def test_of_drivers_claiming_a_study_at_once_exactly_one_gets_it(tmp_path, lock)
         (tmp_path / "s").mkdir()
         (tmp_path / "s" / study.LOCK).write_text(f"999999999 {socket.gethostname()}\n")  # no such process
     ctx = multiprocessing.get_context("fork")
-    start, results = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_claim_at_once, args=(tmp_path / "s", start, results)) for _ in range(4)]
+    start, results, release = ctx.Barrier(4), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_claim_at_once, args=(tmp_path / "s", start, results, release)) for _ in range(4)]
     for p in procs:
         p.start()
     outcomes = sorted(results.get(timeout=60) for _ in procs)
+    release.set()
     for p in procs:
         p.join()
     assert outcomes == ["claimed", "refused", "refused", "refused"]

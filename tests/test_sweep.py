@@ -1,5 +1,6 @@
-"""Sweeps through the real Ray: a tiny grid completes, pretrained trials use their own seed's backbone,
-a crashed trial is retried from its checkpoint, a SIGKILLed driver is resumed by rerunning the command."""
+"""Sweeps through the real Ray: the reference study's grid completes, pretrained trials use their own seed's
+backbone, a crashed trial is retried from its checkpoint, Ctrl-C stops a study that the same command resumes.
+(A SIGKILLed driver: tests/test_faults.py.)"""
 
 from __future__ import annotations
 
@@ -9,65 +10,31 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from ablation.checkpoint import checkpoint_dirs, load_checkpoint
+from ablation.cli import main
 from ablation.config import UserError
-from ablation.models import HEAD_KEYS, weights_digest
 from ablation.rundir import read_rows, trained_log
-from ablation.study import trial_records
 from ablation.sweep import run_study
-from conftest import write_spec
+from conftest import EPOCHS, REFERENCE, copy_study, write_spec
+from helpers import (backbone_digest, rows_by_trial, start_driver, trained_by_trial, trained_so_far, trial_dirs,
+                     trial_states, wait_for)
 
 pytestmark = pytest.mark.slow
 
 
-def trial_dirs(study: Path, everything: bool = False) -> dict[str, Path]:
-    """Trial name -> run dir, for the current spec's trials (or every trial the study ever planned)."""
-    manifest = json.loads((study / "manifest.json").read_text())
-    keys = manifest["trials"] if everything else manifest["invocations"][-1]["planned"]
-    return {manifest["trials"][k]["name"]: study / "trials" / manifest["trials"][k]["dir"] for k in keys}
-
-
-def trial_states(study: Path) -> list[dict]:
-    return [r for r in trial_records(study) if r["current"]]
-
-
-def rows_by_trial(study: Path) -> dict[str, list[dict]]:
-    return {trial: read_rows(d) for trial, d in trial_dirs(study).items()}
-
-
-def trained_by_trial(study: Path, everything: bool = False) -> dict[str, int]:
-    return {trial: len(trained_log(d)) for trial, d in trial_dirs(study, everything).items()}
-
-
-def final_state(study: Path, trial: str) -> dict:
-    return load_checkpoint(checkpoint_dirs(trial_dirs(study)[trial])[0])
-
-
-def backbone_digest(study: Path, trial: str) -> str:
-    return weights_digest({k: v for k, v in final_state(study, trial)["model"].items() if k not in HEAD_KEYS})
-
-
-@pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory, ray_session):
-    root = tmp_path_factory.mktemp("studies")
-    spec = write_spec(root / "t.yaml")
-    assert run_study(str(spec), storage=str(root)) == 0
-    return root / "t"
-
-
-def test_tiny_grid_completes_with_every_trial_finished(tiny_study):
-    states = trial_states(tiny_study)
+def test_the_grid_completes_with_every_trial_finished(reference_study):
+    states = trial_states(reference_study)
     assert len(states) == 2 + 2 * 2 * 2  # a rotation run per seed + seeds x init x freeze
     assert {s["state"] for s in states} == {"finished"}
-    for trial, rows in rows_by_trial(tiny_study).items():
-        assert [r["epoch"] for r in rows] == [1, 2], trial
-    assert set(trained_by_trial(tiny_study).values()) == {2}  # nothing trained twice
-    manifest = json.loads((tiny_study / "manifest.json").read_text())
+    for trial, rows in rows_by_trial(reference_study).items():
+        assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1)), trial
+    assert set(trained_by_trial(reference_study).values()) == {EPOCHS}  # nothing trained twice
+    # one thread per trial (resources.cpu = 1), though the workers' environment says OMP_NUM_THREADS=2
+    assert {r["threads"] for rows in rows_by_trial(reference_study).values() for r in rows} == {1}
+    manifest = json.loads((reference_study / "manifest.json").read_text())
     (invocation,) = manifest["invocations"]
     assert invocation["outcome"] == "finished"
     data = manifest["data"]["fashion-mnist"]  # what the report says about the data copy (data.describe)
@@ -83,9 +50,9 @@ def epoch_times(study: Path) -> dict[str, list[str]]:
             for trial, d in trial_dirs(study).items()}
 
 
-def test_a_pretrained_fine_tune_starts_as_soon_as_its_own_rotation_run_is_done(tiny_study):
+def test_a_pretrained_fine_tune_starts_as_soon_as_its_own_rotation_run_is_done(reference_study):
     """One Tune run per invocation: pretrained trials do not wait for every random-init trial to finish."""
-    times = epoch_times(tiny_study)
+    times = epoch_times(reference_study)
     first_pretrained = min(t[0] for trial, t in times.items() if "-pretrained-" in trial)
     last_random = max(t[-1] for trial, t in times.items() if "-random-" in trial)
     assert first_pretrained < last_random
@@ -94,16 +61,16 @@ def test_a_pretrained_fine_tune_starts_as_soon_as_its_own_rotation_run_is_done(t
             assert t[0] > times[f"rot-s{trial.rsplit('-s', 1)[1]}"][-1], trial
 
 
-def test_the_console_shows_events_and_the_log_file_every_epoch(tiny_study):
-    log = (tiny_study / "logs" / "run001.log").read_text()
+def test_the_console_shows_events_and_the_log_file_every_epoch(reference_study):
+    log = (reference_study / "logs" / "run001.log").read_text()
     assert log.count("started ") == log.count("finished ") == 10
-    assert log.count(" epoch ") == 20 and "10/10 trials done" in log
+    assert log.count(" epoch ") == 10 * EPOCHS and "10/10 trials done" in log
 
 
-def test_pretrained_trials_loaded_their_own_seeds_backbone(tiny_study):
-    rotation = {seed: backbone_digest(tiny_study, f"rot-s{seed}") for seed in (0, 1)}
+def test_pretrained_trials_loaded_their_own_seeds_backbone(reference_study):
+    rotation = {seed: backbone_digest(reference_study, f"rot-s{seed}") for seed in (0, 1)}
     assert rotation[0] != rotation[1]
-    for trial, rows in rows_by_trial(tiny_study).items():
+    for trial, rows in rows_by_trial(reference_study).items():
         if "-pretrained-" in trial:
             seed = int(trial.rsplit("-s", 1)[1])
             assert rows[0]["pretrained_digest"] == rotation[seed], trial
@@ -111,52 +78,45 @@ def test_pretrained_trials_loaded_their_own_seeds_backbone(tiny_study):
             assert rows[0]["pretrained_digest"] == ""
 
 
-def test_rerunning_a_finished_study_trains_nothing(tiny_study, ray_session):
-    assert run_study(str(write_spec(tiny_study.parent / "t.yaml")), storage=str(tiny_study.parent)) == 0
-    assert set(trained_by_trial(tiny_study).values()) == {2}
-
-
-def test_a_trial_that_crashes_once_finishes_from_its_checkpoint(tmp_path, ray_session):
-    spec = write_spec(tmp_path / "c.yaml", name="crash", seeds=[0], init=["random"], freeze=[0],
-                      finetune={"epochs": 3, "crash_at_epoch": 2})
+def test_a_finished_study_rerun_trains_nothing_and_needs_no_tune_logs(tmp_path, reference_study):
+    """Each invocation is a fresh Tune run; the study's own records decide what is done. A finished study
+    reruns without training anything, also when its Tune experiment logs are torn (by a kill while Tune
+    wrote them) or gone."""
+    study = copy_study(reference_study, tmp_path / "ref")
+    spec = write_spec(tmp_path / "ref.yaml", name="ref", **REFERENCE)
     assert run_study(str(spec), storage=str(tmp_path)) == 0
-    trial_dir = trial_dirs(tmp_path / "crash")["ft-random-f0-s0"]
-    rows = read_rows(trial_dir)
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert len(trained_log(trial_dir)) == 3  # epoch 1 came from the checkpoint, not retrained
-    clean = write_spec(tmp_path / "n.yaml", name="clean", seeds=[0], init=["random"], freeze=[0],
-                       finetune={"epochs": 3})
-    assert run_study(str(clean), storage=str(tmp_path)) == 0
-    clean_rows = read_rows(trial_dirs(tmp_path / "clean")["ft-random-f0-s0"])
-    assert [r["test_loss"] for r in rows] == [r["test_loss"] for r in clean_rows]  # resumed run is exact
-
-
-def test_tune_logs_are_not_needed_to_resume(tmp_path, ray_session):
-    """Each invocation is a fresh Tune run; the study's own records decide what is done. A study whose Tune
-    experiment logs are gone (or torn by a kill while Tune wrote them) reruns without training anything again."""
-    spec = write_spec(tmp_path / "s.yaml", name="snap", seeds=[0], init=["random"], freeze=[0])
-    assert run_study(str(spec), storage=str(tmp_path)) == 0
-    tune_dir = tmp_path / "snap" / "tune"
+    assert set(trained_by_trial(study).values()) == {EPOCHS}
+    tune_dir = study / "tune"
     assert list(tune_dir.glob("run001/*/result.json"))
     (next(tune_dir.glob("run001/tuner.pkl"))).write_bytes(b"")  # torn
     assert run_study(str(spec), storage=str(tmp_path)) == 0
     shutil.rmtree(tune_dir)
     assert run_study(str(spec), storage=str(tmp_path)) == 0
-    assert {s["state"] for s in trial_states(tmp_path / "snap")} == {"finished"}
-    assert set(trained_by_trial(tmp_path / "snap").values()) == {2}
+    assert {s["state"] for s in trial_states(study)} == {"finished"}
+    assert set(trained_by_trial(study).values()) == {EPOCHS}
 
 
-def test_gpu_request_on_a_cpu_machine_runs_on_cpu_after_one_warning(tmp_path):
+def test_a_trial_that_crashes_once_finishes_from_its_checkpoint(tmp_path, reference_study):
+    spec = write_spec(tmp_path / "c.yaml", name="crash", **{**REFERENCE, "seeds": [0], "init": ["random"],
+                      "freeze": [0], "finetune": {"epochs": EPOCHS, "crash_at_epoch": 2}})
+    assert run_study(str(spec), storage=str(tmp_path)) == 0
+    trial_dir = trial_dirs(tmp_path / "crash")["ft-random-f0-s0"]
+    rows = read_rows(trial_dir)
+    assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
+    assert len(trained_log(trial_dir)) == EPOCHS  # epoch 1 came from the checkpoint, not retrained
+    clean = read_rows(trial_dirs(reference_study)["ft-random-f0-s0"])  # the same trial, never crashed
+    assert [r["test_loss"] for r in rows] == [r["test_loss"] for r in clean]  # resumed run is exact
+
+
+def test_gpu_request_on_a_cpu_machine_runs_on_cpu_after_one_warning(tmp_path, ray_session, capsys):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     spec = write_spec(tmp_path / "g.yaml", name="gpu", seeds=[0], init=["random"], freeze=[5],
                       finetune={"epochs": 1}, resources={"cpu": 1, "gpu": 0.5})
-    result = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("ablation: warning:")]
+    assert main(["sweep", str(spec), "--storage", str(tmp_path)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ablation: warning:")]
     assert len(warnings) == 1 and "no GPU" in warnings[0]
     assert {s["state"] for s in trial_states(tmp_path / "gpu")} == {"finished"}
 
@@ -196,70 +156,19 @@ def test_uri_storage_runs_resumes_and_reports_through_pyarrow(tmp_path, ray_sess
     assert not list((tmp_path / "cache").rglob("state.pt"))  # the local copy skips the weights
 
 
-# ------------------------------------------------------------------------------------------ driver kills
-
-
-def start_driver(spec: Path, storage: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(storage)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def kill_driver(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver only, as `kill -9 PID` would; Ray's reaper takes its local cluster down."""
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    time.sleep(3)  # let the orphaned workers notice
-
-
-def finished_trials(study: Path) -> dict[str, int]:
-    """Finished trial -> epochs it trained so far."""
-    if not (study / "manifest.json").exists():
-        return {}
-    trained = trained_by_trial(study)
-    return {s["name"]: trained[s["name"]] for s in trial_states(study) if s["state"] == "finished"}
-
-
-def test_sigkilled_driver_resumes_and_finished_trials_do_not_train_again(tmp_path):
-    spec = write_spec(tmp_path / "k.yaml", name="kill", seeds=[0], freeze=[4, 0], pretrain={"epochs": 3},
-                      finetune={"epochs": 3})
-    study = tmp_path / "kill"
-    proc = start_driver(spec, tmp_path)
-    deadline = time.time() + 600
-    while not finished_trials(study) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert proc.poll() is None, "the study ended before it could be killed"
-    kill_driver(proc)
-    done_at_kill = finished_trials(study)
-    assert done_at_kill
-    rerun = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(tmp_path)],
-                           capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    trained = trained_by_trial(study)
-    assert {t: trained[t] for t in done_at_kill} == done_at_kill  # not one more epoch
-    for trial, trial_rows in rows_by_trial(study).items():
-        assert [r["epoch"] for r in trial_rows] == [1, 2, 3], trial
-    assert {s["state"] for s in trial_states(study)} == {"finished"}
-    extra = sum(trained.values()) - 3 * len(trained)
-    assert 0 <= extra <= 2, f"{extra} epochs retrained; at most one per trial running at the kill (2 slots)"
-
-
-def test_ctrl_c_says_the_study_stopped_unfinished_and_how_to_resume(tmp_path):
+def test_ctrl_c_stops_a_study_whose_fine_tunes_wait_and_the_same_command_resumes_it(tmp_path, ray_session):
     """Tune ends its run quietly on SIGINT; the sweep must not call the study finished, must not pass on Tune's
     Tuner.restore advice (rerunning the command resumes) nor its "Failed to fetch metrics" list of the trials
-    that never started (one slot, every CPU Ray sees: the random-init fine-tune waits in Tune's queue), and
-    records the stop."""
+    that never started (one slot, every CPU Ray sees: the random-init fine-tune waits in Tune's queue, the
+    pretrained one on its rotation run), and records the stop. The rerun continues the rotation run from its
+    checkpoint, then runs the fine-tunes, the pretrained one from the rotation run's final weights."""
     from ray._private.utils import get_num_cpus  # what the driver's local Ray will have
 
     spec = write_spec(tmp_path / "c.yaml", name="ctrlc", seeds=[0], init=["pretrained", "random"], freeze=[4],
                       pretrain={"epochs": 4}, finetune={"epochs": 1}, resources={"cpu": get_num_cpus(), "gpu": 0})
     study = tmp_path / "ctrlc"
-    proc = subprocess.Popen([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None and not (
-            (study / "manifest.json").exists() and trained_by_trial(study, True).get("rot-s0", 0) >= 1):
-        time.sleep(0.3)
-    assert proc.poll() is None, "the study ended before it could be interrupted"
+    proc = start_driver(spec, tmp_path, stdout=subprocess.PIPE)
+    wait_for(lambda: trained_so_far(study) >= 1, proc, "the rotation run's first epoch")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-3000:]
@@ -269,28 +178,12 @@ def test_ctrl_c_says_the_study_stopped_unfinished_and_how_to_resume(tmp_path):
     manifest = json.loads((study / "manifest.json").read_text())
     assert manifest["invocations"][-1]["outcome"] == "stopped with 3 unfinished"
     assert not (study / "driver.pid").exists() and len(rows_by_trial(study)["rot-s0"]) >= 1  # kept
+    stopped = trained_by_trial(study, True)
+    assert 1 <= stopped["rot-s0"] < 4 and not any(n for t, n in stopped.items() if t != "rot-s0")
 
-
-def test_a_driver_killed_while_fine_tunes_wait_for_their_rotation_run_resumes(tmp_path):
-    """Killed while the pretrained fine-tunes wait on a running rotation trial (nothing else to run): the rerun
-    continues the rotation from its checkpoint, then runs the fine-tunes from its final weights."""
-    spec = write_spec(tmp_path / "w.yaml", name="wait", seeds=[0], init=["pretrained"], freeze=[4, 0],
-                      pretrain={"epochs": 4}, finetune={"epochs": 1})
-    study = tmp_path / "wait"
-    proc = start_driver(spec, tmp_path)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None and not (
-            (study / "manifest.json").exists() and trained_by_trial(study, True).get("rot-s0", 0) >= 1):
-        time.sleep(0.3)
-    assert proc.poll() is None, "the study ended before it could be killed"
-    kill_driver(proc)
-    at_kill = trained_by_trial(study, True)
-    assert 1 <= at_kill["rot-s0"] < 4 and not any(at_kill[t] for t in at_kill if t != "rot-s0")
-    rerun = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(tmp_path)],
-                           capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    one_slot = {"resources": "{cpu: 2, gpu: 0}"}  # the session's Ray has 2 CPUs: one slot again
+    assert run_study(str(spec), storage=str(tmp_path), overrides=one_slot) == 0
     assert {s["state"] for s in trial_states(study)} == {"finished"}
-    assert trained_by_trial(study)["rot-s0"] <= 5  # at most the epoch running at the kill again
-    for trial, rows in rows_by_trial(study).items():
-        if trial != "rot-s0":
-            assert rows[0]["pretrained_digest"] == backbone_digest(study, "rot-s0"), trial
+    assert trained_by_trial(study)["rot-s0"] <= 5  # at most the epoch running at the stop again
+    pretrained = rows_by_trial(study)["ft-pretrained-f4-s0"]
+    assert pretrained[0]["pretrained_digest"] == backbone_digest(study, "rot-s0")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -14,8 +13,8 @@ from ablation.report import write_report
 from ablation.study import trial_records
 from ablation.sweep import run_study
 from conftest import write_spec
+from helpers import kill_driver, start_driver, trained_by_trial, wait_for
 from test_report import read_csv
-from test_sweep import kill_driver, start_driver, trained_by_trial
 
 pytestmark = pytest.mark.slow
 
@@ -75,12 +74,8 @@ def test_each_cell_is_reported_at_its_chosen_config_and_a_new_seed_trains_only_i
 def test_a_driver_killed_during_the_search_resumes_without_retraining_a_finished_trial(tmp_path, ray_session):
     spec, study = tuned_spec(tmp_path, "killed", epochs=3), tmp_path / "killed"
     proc = start_driver(spec, tmp_path)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (study / "manifest.json").exists() and "finished" in search_states(study).values():
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, "the study ended before a search trial finished: nothing was killed"
+    wait_for(lambda: (study / "manifest.json").exists() and "finished" in search_states(study).values(), proc,
+             "a search trial finished")
     kill_driver(proc)
     before = {r["name"]: r["trained"] for r in trial_records(study) if r["state"] in ("finished", "stopped early")}
     assert any(name.startswith("ft-") for name in before)

@@ -1,0 +1,165 @@
+"""The test helpers that drive `ablation sweep` as a user would (start it, wait for an event, kill it) and read a
+study's files back (trial dirs, epochs, what was trained, final weights). One place, so that every test that
+kills a driver waits for the same events and reads the study the same way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from ablation.rundir import read_rows, trained_log
+from ablation.study import trial_records
+
+# ------------------------------------------------------------------------------------------ reading a study
+
+
+def trial_dirs(study: Path, everything: bool = False) -> dict[str, Path]:
+    """Trial name -> run dir, for the current spec's trials (or every trial the study ever planned)."""
+    manifest = json.loads((study / "manifest.json").read_text())
+    keys = manifest["trials"] if everything else manifest["invocations"][-1]["planned"]
+    return {manifest["trials"][k]["name"]: study / "trials" / manifest["trials"][k]["dir"] for k in keys}
+
+
+def trial_states(study: Path) -> list[dict]:
+    return [r for r in trial_records(study) if r["current"]]
+
+
+def rows_by_trial(study: Path) -> dict[str, list[dict]]:
+    return {trial: read_rows(d) for trial, d in trial_dirs(study).items()}
+
+
+def trained_by_trial(study: Path, everything: bool = False) -> dict[str, int]:
+    """Trial -> epochs it ever trained (trained.log: retrained epochs count again)."""
+    return {trial: len(trained_log(d)) for trial, d in trial_dirs(study, everything).items()}
+
+
+def trained_so_far(study: Path) -> int:
+    """Epochs trained in the study, 0 before its manifest exists (a driver still starting)."""
+    return sum(trained_by_trial(study, True).values()) if (study / "manifest.json").exists() else 0
+
+
+def finished_trials(study: Path) -> dict[str, int]:
+    """Finished trial -> epochs it trained so far."""
+    if not (study / "manifest.json").exists():
+        return {}
+    trained = trained_by_trial(study)
+    return {s["name"]: trained[s["name"]] for s in trial_states(study) if s["state"] == "finished"}
+
+
+def final_state(study: Path, trial: str) -> dict:
+    from ablation.checkpoint import checkpoint_dirs, load_checkpoint
+
+    return load_checkpoint(checkpoint_dirs(trial_dirs(study)[trial])[0])
+
+
+def backbone_digest(study: Path, trial: str) -> str:
+    from ablation.models import HEAD_KEYS, weights_digest
+
+    return weights_digest({k: v for k, v in final_state(study, trial)["model"].items() if k not in HEAD_KEYS})
+
+
+def outcome(study: Path) -> dict[str, tuple]:
+    """Per trial: its epochs, final metrics and a digest of its final weights: what an interrupted study must
+    end with to count as the uninterrupted one."""
+    from ablation.models import weights_digest
+
+    out = {}
+    for trial, rows in rows_by_trial(study).items():
+        final = rows[-1] if rows else {}
+        out[trial] = ([r["epoch"] for r in rows], {k: final.get(k) for k in ("train_loss", "test_loss", "test_acc")},
+                      weights_digest(final_state(study, trial)["model"]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ driving a sweep
+
+
+def start_driver(spec: Path, storage: Path, *extra: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    """`ablation sweep SPEC --storage STORAGE [extra]` in a process of its own, as a user starts it."""
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    popen.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(storage),
+                             *extra], env=env, text=True, **popen)
+
+
+def sweep(spec: Path, storage: Path, *extra: str, env: dict | None = None,
+          timeout: float = 900) -> subprocess.CompletedProcess:
+    """`ablation sweep` to its end."""
+    return subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage", str(storage),
+                           *extra], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(event: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 600) -> None:
+    """Poll until `event()` holds while the driver runs; fail if the driver ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not event():
+        if proc.poll() is not None:
+            raise AssertionError(f"the driver ended (exit {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            out.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    return out
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below pid (a driver's local Ray: its raylet, GCS and trial workers)."""
+    children, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# Ray's per-node agents outlive a SIGKILLed driver's local Ray (orphaned, they never exit by themselves); they
+# hold no trial, so the wait below does not wait for them, and kills them after.
+AGENTS = (b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
+
+
+def _title(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def kill_driver(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 60) -> None:
+    """Signal the driver only, as `kill -9 PID` would, and wait until its local Ray (reaped by Ray once the
+    driver is gone) has stopped too, so that no orphaned trial worker still writes while the next driver runs."""
+    below = descendants(proc.pid)
+    agents = {p for p in below if _title(p).startswith(AGENTS)}
+    proc.send_signal(sig)
+    proc.wait(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in below - agents):
+        assert time.monotonic() < deadline, f"processes of the killed driver still alive after {timeout} s"
+        time.sleep(0.1)
+    for pid in agents:
+        if _title(pid).startswith(AGENTS):  # still the same process
+            os.kill(pid, signal.SIGKILL)
