@@ -13,6 +13,20 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 if not (FASHION / "train-images-idx3-ubyte.gz").exists():
     raise RuntimeError("tests need Fashion-MNIST: apt-get install -y dataset-fashion-mnist (bash .ci/run does)")
 
+# `make test` runs two pytest-xdist workers on the 2 cores: one torch thread each, so that neither waits on
+# the other's spinning threads (two 2-thread workers took 2x as long as one).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    """The tests on Ray share one worker's Ray and run one after another there (each sweep fills both cores);
+    the others are spread over both workers."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
 
 
 def tiny(**over):

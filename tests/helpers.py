@@ -95,7 +95,8 @@ def sweep(spec: Path, storage: Path, *extra: str, env: dict | None = None,
                            *extra], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def wait_for(event: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 600) -> None:
+def wait_for(event: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 600,
+             poll: float = 0.2) -> None:
     """Poll until `event()` holds while the driver runs; fail if the driver ends first or time runs out."""
     deadline = time.monotonic() + timeout
     while not event():
@@ -103,7 +104,7 @@ def wait_for(event: Callable[[], bool], proc: subprocess.Popen, what: str, timeo
             raise AssertionError(f"the driver ended (exit {proc.returncode}) before {what}")
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} within {timeout:.0f} s")
-        time.sleep(0.2)
+        time.sleep(poll)
 
 
 def _children() -> dict[int, list[int]]:
@@ -138,7 +139,7 @@ def alive(pid: int) -> bool:
 
 
 # Ray's per-node agents outlive a SIGKILLed driver's local Ray (orphaned, they never exit by themselves); they
-# hold no trial, so the wait below does not wait for them, and kills them after.
+# hold no trial, so the waits below do not wait for them, and kill_driver kills them after.
 AGENTS = (b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
 
 
@@ -149,17 +150,52 @@ def _title(pid: int) -> bytes:
         return b""
 
 
+def ray_processes(raylets: set[int]) -> dict[int, bytes]:
+    """pid -> title of every live process that these raylets started: Ray gives each its raylet's pid in
+    RAY_RAYLET_PID, which stays when the worker is orphaned (its parent gone, it may train on for seconds)."""
+    wanted = {f"RAY_RAYLET_PID={pid}".encode() for pid in raylets}
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and alive(int(entry)):
+            try:
+                env = set(Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"))
+            except OSError:
+                continue
+            if env & wanted:
+                out[int(entry)] = _title(int(entry))
+    return out
+
+
+def wait_until_gone(raylets: set[int], timeout: float = 60, what: str = "processes of the killed driver") -> None:
+    """Until no process of these raylets but their agents lives: no orphaned trial worker writes any more."""
+    deadline = time.monotonic() + timeout
+    while left := [t for t in ray_processes(raylets).values() if not t.startswith(AGENTS)]:
+        assert time.monotonic() < deadline, f"{what} still alive after {timeout} s: {left}"
+        time.sleep(0.1)
+
+
 def kill_driver(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 60) -> None:
     """Signal the driver only, as `kill -9 PID` would, and wait until its local Ray (reaped by Ray once the
     driver is gone) has stopped too, so that no orphaned trial worker still writes while the next driver runs."""
     below = descendants(proc.pid)
-    agents = {p for p in below if _title(p).startswith(AGENTS)}
+    raylets = {p for p in below if _title(p).split(b"\0")[0].endswith(b"/raylet")}
     proc.send_signal(sig)
     proc.wait(timeout=timeout)
     deadline = time.monotonic() + timeout
-    while any(alive(p) for p in below - agents):
+    while any(alive(p) for p in below if not _title(p).startswith(AGENTS)):
         assert time.monotonic() < deadline, f"processes of the killed driver still alive after {timeout} s"
         time.sleep(0.1)
-    for pid in agents:
-        if _title(pid).startswith(AGENTS):  # still the same process
+    wait_until_gone(raylets, timeout)
+    for pid, title in ray_processes(raylets).items():  # the orphaned agents
+        if title.startswith(AGENTS):
             os.kill(pid, signal.SIGKILL)
+
+
+def assert_resumed_from_checkpoints(study: Path, torn: str | None = None) -> None:
+    """Every restart of every trial continued from its newest checkpoint: in its trained.log an epoch is never
+    followed by an earlier one (a kill between the log line and the checkpoint trains that epoch again; the
+    trial whose newest checkpoint was torn may go back one more). A run started over would go back further."""
+    for trial, d in trial_dirs(study, everything=True).items():
+        epochs = [line["epoch"] for line in trained_log(d)]
+        back = 1 if trial == torn else 0
+        assert all(b >= a - back for a, b in zip(epochs, epochs[1:])), f"{trial} trained epochs {epochs}"

@@ -23,8 +23,8 @@ import pytest
 
 from ablation.sweep import run_study
 from conftest import EPOCHS, REFERENCE, write_spec
-from helpers import (AGENTS, descendants, finished_trials, kill_driver, outcome, rows_by_trial, start_driver, sweep,
-                     trained_by_trial, trial_states, wait_for)
+from helpers import (AGENTS, assert_resumed_from_checkpoints, finished_trials, kill_driver, outcome, ray_processes,
+                     rows_by_trial, start_driver, sweep, trained_by_trial, trial_states, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -93,18 +93,10 @@ def cluster(tmp_path_factory):
         yield address, temp, hidden
 
 
-def trial_workers(temp: str) -> set[int]:
-    """Processes of this cluster running a trial (Ray titles a worker `ray::IDLE` while it runs nothing)."""
-    out = set()
-    for raylet, _ in raylets(temp).values():
-        for pid in descendants(raylet):
-            try:
-                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-            except OSError:
-                continue
-            if title.startswith(b"ray::") and not title.startswith((b"ray::IDLE", *AGENTS)):
-                out.add(pid)
-    return out
+def trial_workers(raylet_pids: set[int]) -> list[bytes]:
+    """Titles of the processes of these raylets that run a trial (an idle worker is `ray::IDLE`)."""
+    return [t for t in ray_processes(raylet_pids).values()
+            if t.startswith(b"ray::") and not t.startswith((b"ray::IDLE", *AGENTS))]
 
 
 def test_cluster_nodes_that_cannot_see_the_storage_or_the_data_are_one_line_before_any_trial(
@@ -153,20 +145,26 @@ def test_cluster_study_survives_a_worker_node_killed_mid_trial_and_a_driver_kill
     (worker,) = [n for n, (_, head) in nodes.items() if not head]
     (head,) = [n for n, (_, is_head) in nodes.items() if is_head]
 
-    def on_worker() -> str | None:  # a trial on the worker node, one epoch in, more to go
+    def on_worker() -> str | None:  # a trial on the worker node with all but its last epoch done
         if not (study / "manifest.json").exists():
             return None
         return next((t for t, rows in rows_by_trial(study).items()
-                     if rows and rows[-1].get("node") == worker and len(rows) < EPOCHS), None)
+                     if len(rows) == EPOCHS - 1 and rows[-1].get("node") == worker), None)
 
-    wait_for(lambda: on_worker() is not None, proc, "a trial on the worker node")
+    wait_for(lambda: on_worker() is not None, proc, "a trial on the worker node", poll=0.05)
     victim = on_worker()
     os.kill(nodes[worker][0], signal.SIGKILL)  # the node's raylet: its workers go with it
-    wait_for(lambda: rows_by_trial(study)[victim][-1]["node"] == head, proc, f"{victim} resumed on the head")
+    wait_for(lambda: rows_by_trial(study)[victim][-1]["node"] == head, proc, f"{victim} resumed on the head",
+             timeout=180)
+
+    def unfinished_on_head() -> bool:  # the driver killed while a trial with epochs to lose trains
+        return any(1 < len(rows) < EPOCHS for rows in rows_by_trial(study).values())
+
+    wait_for(unfinished_on_head, proc, "a trial two epochs in on the head")
     kill_driver(proc)
     done_at_kill = finished_trials(study)
     deadline = time.monotonic() + 60  # the cluster outlives the driver: Ray stops the trials of the dead job
-    while trial_workers(temp):
+    while trial_workers({pid for pid, _ in nodes.values()}):
         assert time.monotonic() < deadline, "the killed driver's trials still run on the cluster"
         time.sleep(0.2)
     rerun = sweep(spec, tmp_path, "--address", address, env=ENV)
@@ -180,6 +178,7 @@ def test_cluster_study_survives_a_worker_node_killed_mid_trial_and_a_driver_kill
     # at most the epoch in progress of each trial running at a kill: the worker node's one at the raylet kill,
     # the head's one at the driver kill (one node, one CPU, one slot left)
     assert trained[victim] <= EPOCHS + 2 and sum(trained.values()) <= EPOCHS * len(trained) + 2
+    assert_resumed_from_checkpoints(study)  # the victim and the trials at the driver kill: from their checkpoints
     assert outcome(study) == outcome(reference_study)  # same metrics, bit-identical weights as on one node
     log = json.loads((study / "manifest.json").read_text())["invocations"][-1]
     assert log["outcome"] == "finished" and not log["failed"]

@@ -127,3 +127,24 @@ def test_block_quotes_are_tied_to_the_report_linked_before_them():
                                     ("results/demo/report.md", ["d"])]
     with pytest.raises(AssertionError, match="runs on without"):
         block_quotes("[r](results/x/report.md)\n> a quote that\nwraps\n")
+
+
+def test_every_test_the_docs_name_exists():
+    """The README's Reliability table and DEVELOPERS.md's guarantee table name the test that holds each
+    guarantee: a renamed or folded test must take its row along. (Names of tests folded away are allowed in
+    DEVELOPERS.md's last column only, which says where their assertions went.)"""
+    import ast
+
+    defined = {}
+    for path in (ROOT / "tests").glob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        defined[path.name] = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
+    for doc in ("README.md", "DEVELOPERS.md"):
+        text = (ROOT / doc).read_text()
+        if doc == "DEVELOPERS.md":  # the folded tests' column: the last cell of each guarantee row
+            text = "\n".join(line.rsplit(" | ", 1)[0] if line.startswith("| ") else line for line in text.splitlines())
+        named = re.findall(r"(test_\w+\.py)(?:::(test_\w+))?", text)
+        assert named, doc
+        for module, test in named:
+            assert module in defined, f"{doc} names {module}, which does not exist"
+            assert not test or test in defined[module], f"{doc} names {module}::{test}, which does not exist"

@@ -14,7 +14,7 @@ import pytest
 
 from ablation.checkpoint import checkpoint_dirs
 from conftest import EPOCHS, REFERENCE, write_spec
-from helpers import (finished_trials, kill_driver, outcome, rows_by_trial, start_driver, sweep, trained_by_trial,
+from helpers import (assert_resumed_from_checkpoints, finished_trials, kill_driver, outcome, rows_by_trial, start_driver, sweep, trained_by_trial,
                      trained_so_far, trial_dirs, trial_states, wait_for)
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(tmp_path, re
     spec = write_spec(tmp_path / "killed.yaml", name="killed", **REFERENCE)
     study = tmp_path / "killed"
     rng = random.Random(20261128)
-    kills, corrupted, done_at_kill = 0, 0, {}
+    kills, torn, done_at_kill = 0, None, {}
     while kills < KILLS:
         proc = start_driver(spec, tmp_path)
         target = trained_so_far(study) + (1 if kills == 0 else rng.randint(1, 3))
@@ -48,9 +48,9 @@ def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(tmp_path, re
             unfinished = [s["name"] for s in trial_states(study) if s["state"] != "finished"
                           and checkpoint_dirs(trial_dirs(study)[s["name"]])]
             if unfinished:
-                state = checkpoint_dirs(trial_dirs(study)[unfinished[0]])[0] / "state.pt"
+                torn = unfinished[0]
+                state = checkpoint_dirs(trial_dirs(study)[torn])[0] / "state.pt"
                 state.write_bytes(state.read_bytes()[: state.stat().st_size // 3])
-                corrupted = 1
     final = sweep(spec, tmp_path)
     assert final.returncode == 0, final.stderr[-3000:]
     assert kills == KILLS, f"only {kills} kills landed before the study finished; lengthen the study"
@@ -60,4 +60,5 @@ def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(tmp_path, re
     assert outcome(study) == expected  # same metrics, bit-identical weights (each fine-tune its own backbone)
     trained = trained_by_trial(study)
     assert {t: trained[t] for t in done_at_kill} == done_at_kill  # finished at a kill: not one more epoch
-    assert sum(trained.values()) - EPOCHS * len(expected) <= SLOTS * kills + corrupted
+    assert sum(trained.values()) - EPOCHS * len(expected) <= SLOTS * kills + (torn is not None)
+    assert_resumed_from_checkpoints(study, torn)  # each trial, at each kill, lost at most its epoch in progress

@@ -13,7 +13,7 @@ from ablation.report import write_report
 from ablation.study import trial_records
 from ablation.sweep import run_study
 from conftest import write_spec
-from helpers import kill_driver, start_driver, trained_by_trial, wait_for
+from helpers import assert_resumed_from_checkpoints, kill_driver, start_driver, trained_by_trial, wait_for
 from test_report import read_csv
 
 pytestmark = pytest.mark.slow
@@ -74,13 +74,20 @@ def test_each_cell_is_reported_at_its_chosen_config_and_a_new_seed_trains_only_i
 def test_a_driver_killed_during_the_search_resumes_without_retraining_a_finished_trial(tmp_path, ray_session):
     spec, study = tuned_spec(tmp_path, "killed", epochs=3), tmp_path / "killed"
     proc = start_driver(spec, tmp_path)
-    wait_for(lambda: (study / "manifest.json").exists() and "finished" in search_states(study).values(), proc,
-             "a search trial finished")
+    def finished_and_two_epochs_in() -> bool:  # one search trial done, another with epochs to lose
+        if not (study / "manifest.json").exists():
+            return False
+        records = trial_records(study)
+        return any(r["state"] == "finished" for r in records if r["search"]) and \
+            any(1 < len(r["rows"]) < 3 for r in records if r["state"] not in ("finished", "stopped early"))
+
+    wait_for(finished_and_two_epochs_in, proc, "a search trial finished and another two epochs in")
     kill_driver(proc)
     before = {r["name"]: r["trained"] for r in trial_records(study) if r["state"] in ("finished", "stopped early")}
     assert any(name.startswith("ft-") for name in before)
     assert run_study(str(spec), storage=str(tmp_path)) == 0
     after = {r["name"]: r for r in trial_records(study)}
     assert all(after[name]["trained"] == n for name, n in before.items())  # done before the kill: not retrained
+    assert_resumed_from_checkpoints(study)  # the ones running at the kill: from their checkpoints
     assert set(search_states(study).values()) <= {"finished", "stopped early"}
     assert set(json.loads((study / "manifest.json").read_text())["choices"]) == {"ft-pretrained-f4", "ft-random-f4"}
