@@ -19,21 +19,26 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
+# Modules whose module-scoped fixture trains: each runs whole on one worker, so the fixture trains once.
+TRAINING_FIXTURES = {"test_train", "test_checks"}
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     """The tests on Ray share one worker's Ray and run one after another there (each sweep fills both cores);
-    the others are spread over both workers."""
+    the modules in TRAINING_FIXTURES run whole on one worker; every other test goes where a worker is free."""
     for item in items:
         if "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("ray"))
-
+        elif item.module.__name__ in TRAINING_FIXTURES:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def tiny(**over):
     """A trial config small enough for a test (ImageNet stem: ~150 images/s on a 2-core CPU)."""
     from ablation.config import TrialConfig
 
-    base = dict(dataset="fashion-mnist", train_subset=256, test_subset=128, batch_size=64, epochs=2,
+    base = dict(dataset="fashion-mnist", train_subset=256, test_subset=64, batch_size=64, epochs=2,
                 device="cpu", eval_batch_size=256)
     base.update(over)
     return TrialConfig.from_dict(base)

@@ -14,6 +14,7 @@ import pytest
 NO_RAY = "import sys; sys.modules['ray'] = None; from ablation.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
+@pytest.mark.slow  # three processes of the bench, each importing torch
 def test_bench_writes_consistent_figures_without_ray(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-c", NO_RAY, "bench", "--device", "cpu", "--batch-size", "8",

@@ -38,6 +38,7 @@ def test_gpu_check_refuses_without_the_cifar_copy(tmp_path):
     assert result.returncode == 2 and "no CIFAR-10 copy" in result.stderr
 
 
+@pytest.mark.slow  # two reports in subprocesses
 def test_publish_report_copies_the_report_manifest_and_logs_but_no_checkpoint(tmp_path):
     study = tmp_path / "tiny"
     shutil.copytree(Path(__file__).parent / "fixtures" / "study_tiny", study)
