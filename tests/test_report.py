@@ -361,6 +361,22 @@ def test_label_and_freeze_axes_get_log_and_linear_figures(tmp_path):
     assert "Test accuracy by labels/class" in text
 
 
+@pytest.mark.parametrize("key, value, default", [("schedule", "cosine", "step"), ("nesterov", True, False),
+                                                 ("stem", "cifar", "imagenet")])
+def test_an_axis_of_words_or_booleans_gets_its_column_and_figure(tmp_path, key, value, default):
+    """Axis values of any type the spec accepts: words and booleans are placed in order, not compared with 0
+    (`ablation report` on experiments/cifar_stem.yaml's stem axis crashed in the figure)."""
+    from ablation.report import write_report
+
+    study = tmp_path / "tiny"
+    shutil.copytree(FIXTURE, study)
+    relabel(study, **{key: value})
+    write_report(study)
+    rows = read_csv(study / "report" / "tables" / "finetune_cells.csv")
+    assert {r[key] for r in rows} == {str(value), str(default)}
+    assert (study / "report" / "figures" / f"accuracy_by_{key}.png").stat().st_size > 20_000
+
+
 def test_sweep_cost_ends_a_killed_run_at_its_last_logged_line_and_skips_a_study_still_running():
     import pandas as pd
 

@@ -148,7 +148,7 @@ def accuracy_by(x: str):
                                    ls=ALL_LABELS_LS[ls], label=f"{init}, {name}, {render.fmt(x, 0)}")
             if log:
                 ax.set_xscale("log")
-            ticks = sorted((v for v in position if v > 0 or not log), key=lambda v: position[v])
+            ticks = sorted((v for v in position if not log or v > 0), key=lambda v: position[v])  # words: no log
             ax.set_xticks([position[v] for v in ticks], [render.fmt(x, v) for v in ticks])
             ax.minorticks_off()
             _label(ax, variant, render.label(x) + (" (log scale)" if log else ""), ACC, "init, epoch")
