@@ -77,6 +77,15 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     data = preflight([t.config for t in trials])  # missing data fails before anything is written
     study.check_data(study_dir, old, data)
     gpu, slots = _start_ray(address, spec, verbose)
+    with _stop_signals() as stop:  # after ray.init, which installs handlers of its own
+        code = _sweep(spec, spec_path, study_dir, old, trials, choices, data, fresh, address, gpu, slots, verbose,
+                      trackers)
+    return 128 + stop.signum if code == 130 and stop.signum else code
+
+
+def _sweep(spec: Spec, spec_path: str, study_dir: Location, old, trials: list[Trial], choices: dict, data,
+           fresh: bool, address: str | None, gpu: float, slots: float, verbose: bool, trackers: list) -> int:
+    """run_study once Ray is up: the study claimed and recorded, one Tune run, its end said and recorded."""
     if address and not store.is_uri(study_dir):
         from .nodes import check_nodes
 
@@ -168,7 +177,7 @@ def search_history(spec: Spec, study_dir: Location) -> dict[str, tuple[str, list
 
 def check_address(address: str | None, timeout: float = 5.0) -> None:
     """A HOST:PORT that nothing answers on is one line now: Ray itself retries for minutes."""
-    if not address or address == "auto":
+    if address is None or address == "auto":
         return
     import socket
 
@@ -344,6 +353,32 @@ def _pending_trials(slots: float):
     finally:
         if mine:
             os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
+
+
+class _Stop:
+    signum = 0  # the stop signal received other than SIGINT (SIGTERM, SIGHUP), 0 if none
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """SIGTERM (a batch scheduler's preemption, a container stop) and SIGHUP (a closed terminal) stop the sweep
+    as Ctrl-C does: each is passed on as SIGINT to whatever handles SIGINT now (Tune during the fit), so every
+    finished epoch is kept and the same line says how to resume; the exit code is 128 + the signal's number."""
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread():  # signal.signal works there only
+        yield stop
+        return
+
+    def forward(signum, frame):
+        stop.signum = signum
+        os.kill(os.getpid(), signal.SIGINT)
+
+    before = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager

@@ -115,3 +115,12 @@ def test_an_address_where_no_ray_head_answers_is_one_line_at_once(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "--address 127.0.0.1:1: no Ray head answers there" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_address_is_one_line(tmp_path):
+    """`--address ''` (an unset variable in a job script) was passed to ray.init: its traceback."""
+    spec = Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml"
+    result = ablation("sweep", str(spec), "--storage", str(tmp_path / "st"), "--address", "", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--address : not HOST:PORT (e.g. 10.0.0.5:6379) or auto" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -156,12 +156,15 @@ def test_uri_storage_runs_resumes_and_reports_through_pyarrow(tmp_path, ray_sess
     assert not list((tmp_path / "cache").rglob("state.pt"))  # the local copy skips the weights
 
 
-def test_ctrl_c_stops_a_study_whose_fine_tunes_wait_and_the_same_command_resumes_it(tmp_path, ray_session):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_a_study_whose_fine_tunes_wait_and_the_same_command_resumes_it(tmp_path, ray_session, sig,
+                                                                                      code):
     """Tune ends its run quietly on SIGINT; the sweep must not call the study finished, must not pass on Tune's
     Tuner.restore advice (rerunning the command resumes) nor its "Failed to fetch metrics" list of the trials
     that never started (one slot, every CPU Ray sees: the random-init fine-tune waits in Tune's queue, the
     pretrained one on its rotation run), and records the stop. The rerun continues the rotation run from its
-    checkpoint, then runs the fine-tunes, the pretrained one from the rotation run's final weights."""
+    checkpoint, then runs the fine-tunes, the pretrained one from the rotation run's final weights. SIGTERM (a
+    batch scheduler's preemption, a container stop) does the same, with exit code 143."""
     from ray._private.utils import get_num_cpus  # what the driver's local Ray will have
 
     spec = write_spec(tmp_path / "c.yaml", name="ctrlc", seeds=[0], init=["pretrained", "random"], freeze=[4],
@@ -169,9 +172,9 @@ def test_ctrl_c_stops_a_study_whose_fine_tunes_wait_and_the_same_command_resumes
     study = tmp_path / "ctrlc"
     proc = start_driver(spec, tmp_path, stdout=subprocess.PIPE)
     wait_for(lambda: trained_so_far(study) >= 1, proc, "the rotation run's first epoch")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == code, err[-3000:]
     assert "ablation: study ctrlc stopped with 3 planned trial(s) unfinished" in err, err[-3000:]
     assert "rerun the same command to resume" in err and "finished; next" not in out
     assert "Tuner.restore" not in out + err and "Failed to fetch metrics" not in out + err
