@@ -101,13 +101,17 @@ def _stage_only(key: str) -> str | None:
     return TrialConfig.stage_only_keys().get(key)
 
 
-def _values(label: str, value: Any, where: str) -> tuple:
-    values = value if isinstance(value, list) else [value]
-    if not values:
+def _values(label: str, value: Any, f, where: str) -> tuple:
+    """The axis's values as the key's type; one written twice, in any spelling (5e-4, '5e-4', 0.0005), is
+    refused: it would collapse the axis silently (the trials of one value planned once)."""
+    written = value if isinstance(value, list) else [value]
+    if not written:
         raise ConfigError(f"{where}: {label} must list at least one value")
+    values = tuple(coerce(f, v, f"{where}: {label}") for v in written)
     if len(set(map(json.dumps, values))) != len(values):
-        raise ConfigError(f"{where}: {label} lists a value twice: {values}")
-    return tuple(values)
+        raise ConfigError(f"{where}: {label} lists a value twice: {written} (as {f.name} values: "
+                          f"{list(values)}); keep one of each")
+    return values
 
 
 def _axis(scope: str, key: str, value: Any, where: str, name: str | None = None) -> Axis:
@@ -124,10 +128,9 @@ def _axis(scope: str, key: str, value: Any, where: str, name: str | None = None)
     if only and scope and STAGE_OF[scope] != only:
         raise ConfigError(f"{where}: {label}: {key} applies to stage={only} only; write "
                           f"{'finetune' if only == 'finetune' else 'pretrain'}.{key}")
-    values = _values(label, value, where)
+    values = _values(label, value, fields[key], where)
     scope = {"finetune": FINETUNE, "rotation": PRETRAIN}.get(only, scope)  # a one-stage key reaches its stage
-    return Axis(scope, key,
-                tuple(coerce(fields[key], v, f"{where}: {label}") for v in values))
+    return Axis(scope, key, values)
 
 
 def _axes(raw: dict[str, Any], where: str) -> list[Axis]:

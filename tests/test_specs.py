@@ -131,11 +131,15 @@ def test_axes_from_one_override_merge_with_the_specs_own(tmp_path):
     ({"axes": {"finetune.lr": [0.1]}, "finetune_lr": [0.2]}, "is an axis twice"),
     ({"axes": {"weight_decay": [0.1, 0.2]}, "finetune": {"weight_decay": 0.3}}, "fixed here and also an axis"),
     ({"finetune": {"freeze": 2}}, "fixed here and also an axis"),
+    ({"axes": {"finetune.weight_decay": [0.0005, 0.0005]}}, "lists a value twice"),
+    ({"axes": {"finetune.weight_decay": [0.0005, "5e-4"]}}, "lists a value twice: [0.0005, '5e-4'] (as "
+                                                            "weight_decay values: [0.0005, 0.0005])"),  # one value
+    ({"freeze": [4, "4"]}, "freeze lists a value twice"),
 ])
 def test_bad_axes_are_one_line_naming_the_key(tmp_path, over, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")) as err:
+    with pytest.raises(ConfigError) as err:
         planned(tmp_path, **over)
-    assert "\n" not in str(err.value)
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_a_key_added_later_at_its_default_leaves_earlier_trial_keys_unchanged():
