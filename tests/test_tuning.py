@@ -41,6 +41,7 @@ def block(**over):
     ({"seeds": [0, 1], "scheduler": "asha"}, "would stop a configuration on one seed and not another"),
     ({"reduction_factor": 1}, "reduction_factor must be a number > 1"),
     ({"patience": 3}, "unknown key 'patience'"),
+    ({"samples": 1_000_000_000}, "samples=1000000000 is more than 1000 configurations per cell"),  # drawn silently
 ])
 def test_a_bad_tune_block_is_one_line_naming_the_problem(tune, message):
     with pytest.raises(ConfigError) as err:
