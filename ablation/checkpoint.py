@@ -150,7 +150,16 @@ def resolve_pretrained(source: str) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CheckpointError(f"pretrained_from={source}: no such file or directory; point it at a rotation run dir")
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a torch file, or one that holds code (weights_only refuses it)
+            raise CheckpointError(f"pretrained_from={source}: not a checkpoint torch can read as weights "
+                                  f"({type(exc).__name__}); point it at a rotation run dir or a resnet18 "
+                                  f"state dict") from None
+        weights = state.get("model", state) if isinstance(state, dict) else None
+        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            raise CheckpointError(f"pretrained_from={source}: holds no state dict of weights; point it at a "
+                                  f"rotation run dir or a resnet18 state dict")
     else:
         dirs = [path] if (path / META_FILE).exists() else checkpoint_dirs(path)
         state = load_latest(dirs)

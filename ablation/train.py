@@ -26,7 +26,7 @@ from torch import nn
 
 from . import data as D
 from .checkpoint import resolve_pretrained
-from .config import ConfigError, TrialConfig
+from .config import ConfigError, TrialConfig, UserError
 from .models import (apply_freeze, backbone_state, build_model, frozen_digest, load_backbone, set_train_mode,
                      weights_digest)
 
@@ -105,7 +105,10 @@ def build(cfg: TrialConfig, data: D.Data | None = None) -> Setup:
     pretrained_digest = ""
     if cfg.stage == "finetune" and cfg.init == "pretrained":
         backbone = resolve_pretrained(cfg.pretrained_from)
-        load_backbone(model, backbone)
+        try:
+            load_backbone(model, backbone)
+        except ValueError as exc:  # another stem, or not a ResNet18 backbone
+            raise UserError(f"pretrained_from={cfg.pretrained_from}: {exc}") from None
         pretrained_digest = weights_digest(backbone)
     freeze = cfg.freeze if cfg.stage == "finetune" else 0
     apply_freeze(model, freeze)

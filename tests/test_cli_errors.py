@@ -124,3 +124,25 @@ def test_an_empty_address_is_one_line(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "--address : not HOST:PORT (e.g. 10.0.0.5:6379) or auto" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b""], ids=["text", "empty"])
+def test_pretrained_from_a_file_that_is_no_checkpoint_is_one_line(tmp_path, capfd, content):
+    """torch's unpickler printed a 34-line traceback for it."""
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(content)
+    out = tmp_path / "run"
+    code, err = in_process(capfd, "train", "stage=finetune", "init=pretrained", f"pretrained_from={bad}",
+                           "dataset=fashion-mnist", "train_subset=64", "test_subset=64", "--out", str(out))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"pretrained_from={bad}: not a checkpoint torch can read as weights" in err and not out.exists()
+
+
+def test_pretrained_from_a_state_dict_of_something_else_is_one_line(tmp_path, capfd):
+    import torch
+
+    bad = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(3), "note": "x"}, bad)
+    code, err = in_process(capfd, "train", "stage=finetune", "init=pretrained", f"pretrained_from={bad}",
+                           "dataset=fashion-mnist", "train_subset=64", "test_subset=64", "--out", str(tmp_path / "r"))
+    assert code == 2 and err.count("\n") == 1 and "holds no state dict of weights" in err, err

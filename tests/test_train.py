@@ -192,3 +192,14 @@ def test_a_finished_run_whose_metrics_fell_behind_reports_its_last_epoch_and_rep
     assert [r["epoch"] for r in reported] == [2] and [r["epoch"] for r in rundir.read_rows(tmp_path)] == [1, 2]
     assert len(rundir.trained_log(tmp_path)) == 2  # nothing trained again
     assert {line["code"] for line in rundir.trained_log(tmp_path)} == {provenance.code_version()}
+
+
+def test_a_backbone_of_another_stem_is_one_line_naming_pretrained_from(rotation_run, fashion):
+    """A ValueError traceback before: the rotation run used the ImageNet stem, this fine-tune the CIFAR one."""
+    from ablation.config import UserError
+
+    _, out, _ = rotation_run
+    cfg = tiny(stage="finetune", init="pretrained", pretrained_from=str(out), stem="cifar", epochs=1)
+    with pytest.raises(UserError, match=f"pretrained_from={out}: pretrained backbone does not fit this model .* "
+                                        f"was it trained with another stem="):
+        train(cfg, lambda row, state: None, data=fashion)
