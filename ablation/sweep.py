@@ -318,7 +318,8 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
     by_key = {t.key: t for t in trials}
     searcher = DependencySearcher(trials, done, lambda t: {
         "key": t.key, "name": t.name, "config": t.config.to_dict(), "dir": str(trial_dir(study_dir, t)),
-        "cpu": spec.cpu, "gpu": gpu, "search": t.search}, searching, expand, stopped_keys, lambda t, why: progress.skip(t.name, why))
+        "cpu": spec.cpu, "gpu": gpu, "search": t.search}, searching, expand, stopped_keys,
+        lambda t, why: progress.skip(t.name, why))
     scheduler = None
     if spec.tune and spec.tune.scheduler == "asha":
         scheduler = SearchScheduler(spec.tune, search_history(spec, study_dir), stop)

@@ -112,13 +112,10 @@ def _dim(label: Any, value: Any, where: str) -> Dim:
 MAX_SAMPLES = 1000  # configurations per cell: each is a training run per search seed; drawn before any output
 
 
-def _int(raw: dict, key: str, default: int, lo: int, where: str, hi: int | None = None) -> int:
+def _int(raw: dict, key: str, default: int, lo: int, where: str) -> int:
     value = raw.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < lo:
         raise ConfigError(f"{where}: {key} must be an integer >= {lo}, got {shown(value)}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{where}: {key}={value} is more than {hi} configurations per cell, each a training run "
-                          f"on every search seed; ask for at most {hi}")
     return value
 
 
@@ -170,7 +167,11 @@ def parse_tune(raw: Any, study_seeds: list[int], where: str) -> TuneBlock | None
     factor = raw.get("reduction_factor", 3)
     if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 1:
         raise ConfigError(f"{where}: reduction_factor must be a number > 1, got {shown(factor)}")
-    return TuneBlock(dims=dims, samples=_int(raw, "samples", 8, 1, where, MAX_SAMPLES), seeds=tuple(seeds), metric=metric,
+    samples = _int(raw, "samples", 8, 1, where)
+    if samples > MAX_SAMPLES:
+        raise ConfigError(f"{where}: samples={samples} is more than {MAX_SAMPLES} configurations per cell, each a "
+                          f"training run on every search seed; ask for at most {MAX_SAMPLES}")
+    return TuneBlock(dims=dims, samples=samples, seeds=tuple(seeds), metric=metric,
                      scheduler=scheduler or "none", grace_period=_int(raw, "grace_period", 1, 1, where),
                      reduction_factor=float(factor), search=search, seed=_int(raw, "seed", 0, 0, where))
 

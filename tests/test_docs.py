@@ -138,7 +138,8 @@ def test_every_test_the_docs_name_exists():
     defined = {}
     for path in (ROOT / "tests").glob("test_*.py"):
         tree = ast.parse(path.read_text())
-        defined[path.name] = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
+        defined[path.name] = {n.name for n in tree.body
+                              if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
     for doc in ("README.md", "DEVELOPERS.md"):
         text = (ROOT / doc).read_text()
         if doc == "DEVELOPERS.md":  # the folded tests' column: the last cell of each guarantee row
