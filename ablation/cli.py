@@ -63,8 +63,13 @@ def cmd_report(args) -> int:
     from .report import write_report
     from .store import child, is_uri, remove_tree, upload
 
-    out = write_report(local_study(args.study))
-    if is_uri(args.study):  # the old tree removed, then the new one uploaded (if that fails, rerun it)
+    study = local_study(args.study)
+    target = Path(args.out).expanduser() if args.out else None
+    if (target or not is_uri(args.study)) and (problem := unwritable((target or study / "report").parent)):
+        raise UserError(f"cannot write the report {'to ' + args.out if args.out else 'into the study'}: {problem}; "
+                        f"give --out DIR, a folder you can write")
+    out = write_report(study, target)
+    if is_uri(args.study) and not target:  # the old tree removed, then the new one uploaded (if that fails, rerun)
         remove_tree(child(args.study, "report"))
         upload(out.parent, str(child(args.study, "report")))
         print(f"wrote {child(args.study, 'report', out.name)} (local copy: {out})")
@@ -132,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="tables, figures and report.md of a study")
     r.add_argument("study")
+    r.add_argument("--out", default=None, metavar="DIR",
+                   help="write the report here instead of STUDY/report (e.g. when the study is read-only)")
     r.set_defaults(fn=cmd_report)
 
     b = sub.add_parser("bench", help="images/s of the harness vs a naive DataLoader vs the compute limit")

@@ -107,21 +107,31 @@ class RunDir:
             self._tmp.cleanup()
 
 
-def _json_lines(location: Location) -> list[dict[str, Any]]:
-    rows = []
-    for line in (store.read_file(location) or "").splitlines():
+def _json_lines(location: Location) -> tuple[list[dict[str, Any]], list[int]]:
+    """The lines that parse, and the (1-based) numbers of those that do not."""
+    rows, torn = [], []
+    for number, line in enumerate((store.read_file(location) or "").splitlines(), 1):
         try:
             rows.append(json.loads(line))
-        except ValueError:  # a line torn by a kill
-            pass
-    return rows
+        except ValueError:
+            torn.append(number)
+    return rows, torn
 
 
 def read_rows(location: Location) -> list[dict[str, Any]]:
     """One dict per epoch of the state the run continues from, in order (no torch: status and report read it).
     An epoch that appears twice keeps its last row."""
-    by_epoch = {r["epoch"]: r for r in _json_lines(store.child(location, METRICS_FILE)) if isinstance(r.get("epoch"), int)}
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    return read_rows_checked(location)[0]
+
+
+def read_rows_checked(location: Location) -> tuple[list[dict[str, Any]], str]:
+    """read_rows, and what is damaged in the file ("" when nothing). The file is written whole (never
+    appended), so a line that does not parse is damage (a disk, a copy, a hand), not a kill mid-write."""
+    lines, torn = _json_lines(store.child(location, METRICS_FILE))
+    by_epoch = {r["epoch"]: r for r in lines if isinstance(r, dict) and isinstance(r.get("epoch"), int)}
+    rows = [by_epoch[e] for e in sorted(by_epoch)]
+    return rows, f"{METRICS_FILE} line {torn[0]} is not JSON" + (f" (and {len(torn) - 1} more)" if torn[1:] else "") \
+        if torn else ""
 
 
 def mark_stopped(location: Location, epoch: int, why: str) -> None:
@@ -140,7 +150,7 @@ def stopped(location: Location) -> dict[str, Any] | None:
 def trained_log(location: Location) -> list[dict[str, Any]]:
     """One dict per epoch this run ever trained ({"epoch", "pid", "time", "code"}), retrained ones again;
     "code" is absent from lines written before it was recorded."""
-    return _json_lines(store.child(location, TRAINED_LOG))
+    return _json_lines(store.child(location, TRAINED_LOG))[0]  # appended: a kill can tear its last line
 
 
 def run(cfg: TrialConfig, location: Location, log: Callable[[str], None] = print, report: Report | None = None,

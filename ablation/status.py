@@ -6,6 +6,7 @@ what failed, and which trials an earlier spec ran that the current one no longer
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .study import read_manifest, trial_records
@@ -25,6 +26,9 @@ def print_status(study_dir: Path) -> int:
                      "test_acc": "-" if not last else f"{last['test_acc']:.4f}", "current": r["current"],
                      "last on": "-" if not last else "/".join(filter(None, (last.get("host"), last.get("node", "")[:8])))
                      or "?"})
+    for r in records:
+        if r["damage"]:
+            print(f"ablation: warning: trial {r['name']}: {r['damage']} (under {r['location']})", file=sys.stderr)
     current = [r for r in rows if r["current"]]
     outside = [r for r in rows if not r["current"]]
     _print_table(current)

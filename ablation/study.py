@@ -25,7 +25,7 @@ from typing import Any
 
 from . import provenance, store
 from .config import UserError, dataset_of
-from .rundir import read_rows, stopped, trained_log
+from .rundir import read_rows_checked, stopped, trained_log
 from .spec import TRIALS_DIR, Spec, Trial
 from .states import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, RUNNING, SKIPPED, STOPPED, WAITING
 from .store import Location
@@ -43,17 +43,37 @@ class StudyError(UserError):
     """A study that cannot run as asked (another data copy, already running, not a study dir)."""
 
 
+MANIFEST_KEYS = {"study": str, "data": dict, "trials": dict, "invocations": list}  # what every reader relies on
+
+
 def read_manifest(study_dir: Location) -> dict[str, Any]:
+    path = store.child(study_dir, MANIFEST)
+    damaged = ("; restore it from a backup, or start over with `ablation sweep SPEC --fresh` (moves the study "
+               "aside, deletes nothing)")
     try:
-        manifest = json.loads(store.read_file(store.child(study_dir, MANIFEST)) or "")
-    except (OSError, ValueError):
+        text = store.read_file(path)
+    except OSError:
+        text = None
+    if not text:
         raise StudyError(f"{study_dir} is not a study directory (no readable {MANIFEST}); "
-                         f"point at <storage>/<study name>") from None
+                         f"point at <storage>/<study name>")
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        raise StudyError(f"{path} is damaged: not JSON ({getattr(exc, 'msg', exc)}: line "
+                         f"{getattr(exc, 'lineno', '?')}, column {getattr(exc, 'colno', '?')}){damaged}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("trials"), (dict, list)):
-        raise StudyError(f"{study_dir}/{MANIFEST} lists no trials; is it a study directory?")
+        raise StudyError(f"{path} lists no trials; is it a study directory?")
     if manifest.get("format") != FORMAT:
         raise StudyError(f"{study_dir} was written by an older ablation (phase1/phase2 layout); report it with "
                          f"that version (its code version is in {MANIFEST}), or start over with --fresh")
+    for key, kind in MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            what = "missing" if key not in manifest else f"not a {kind.__name__}"
+            raise StudyError(f"{path} is damaged: its '{key}' is {what}{damaged}")
+    for key, entry in manifest["trials"].items():
+        if not (isinstance(entry, dict) and entry.get("name") and isinstance(entry.get("config"), dict)):
+            raise StudyError(f"{path} is damaged: trial {key} has no name or config{damaged}")
     return manifest
 
 
@@ -283,8 +303,8 @@ def sweep_cost(invocations: list[dict[str, Any]], epoch_seconds: float, trials: 
 
 def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One record per trial the study ever planned, current spec first: its entry, epoch rows (deduplicated),
-    epochs trained in all (retrained ones again), the code versions that trained them (in order), state, and
-    whether the current spec asks for it."""
+    epochs trained in all (retrained ones again), the code versions that trained them (in order), state, what
+    is damaged in its files ("" when nothing), and whether the current spec asks for it."""
     manifest = manifest or read_manifest(study_dir)
     started = [(r["started"], r["code_version"]) for r in manifest.get("invocations", [])]
 
@@ -304,9 +324,15 @@ def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -
     for key in order:
         entry = manifest["trials"][key]
         location = trial_location(study_dir, entry)
-        rows = read_rows(location)
+        rows, damage = read_rows_checked(location)
         reason = last.get("failed", {}).get(key) or last.get("skipped", {}).get(key, "")
-        if state := done_state(location, rows, entry["config"]):
+        state = done_state(location, rows, entry["config"])
+        if damage and state == STOPPED:  # done: a rerun trains it no further, so nothing rewrites its rows
+            damage += " (read without that line)"
+        elif damage:  # not done until a rerun rewrites its rows from its newest checkpoint (nothing retrained)
+            state, damage = None, f"{damage}: rerun the sweep to rewrite it from the trial's checkpoint"
+            reason = damage
+        if state:
             if state == STOPPED:
                 reason = f"by ASHA after epoch {stopped(location)['epoch']}"
         elif key in last.get("failed", {}):
@@ -316,10 +342,10 @@ def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -
         elif live and key in current:  # started, without an epoch yet: running, not waiting
             state = RUNNING if rows or entry["name"] in launched else WAITING
         else:
-            state = INTERRUPTED if rows else NOT_STARTED
+            state = INTERRUPTED if rows or damage else NOT_STARTED
         log = trained_log(location)
         out.append({"key": key, **entry, "location": location, "rows": rows, "trained": len(log),
                     "code": list(dict.fromkeys(code(line) for line in log)) or ["unrecorded"] * bool(rows),
-                    "state": state,
+                    "state": state, "damage": damage,
                     "current": key in current, "reason": reason})
     return out

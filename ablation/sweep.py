@@ -68,7 +68,7 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     if not store.is_uri(storage) and (problem := unwritable(Path(storage).expanduser() / spec.name)):
         raise UserError(f"--storage {storage}: {problem}; give a directory you can write")
     trackers = tracker_callbacks(callbacks, spec.name)  # a missing package fails before any work
-    check_address(address)
+    address = resolve_address(address)
     study_dir = store.child(storage if store.is_uri(storage) else Path(storage).expanduser().resolve(), spec.name)
     old = study.check_claim(study_dir, fresh)
     trials, choices = plan_study(spec, study_dir, fresh=fresh)
@@ -175,10 +175,22 @@ def search_history(spec: Spec, study_dir: Location) -> dict[str, tuple[str, list
             if t.search and (rows := read_rows(trial_dir(study_dir, t)))}
 
 
-def check_address(address: str | None, timeout: float = 5.0) -> None:
-    """A HOST:PORT that nothing answers on is one line now: Ray itself retries for minutes."""
-    if address is None or address == "auto":
-        return
+def resolve_address(address: str | None, timeout: float = 5.0) -> str | None:
+    """--address as a HOST:PORT that answers, or None for a private local Ray. `auto` is the cluster this
+    machine belongs to (RAY_ADDRESS, else the one `ray start` recorded), never another program's private Ray:
+    Ray's own `auto` falls back to any Ray it finds running, and a second sweep would join the first's. A
+    HOST:PORT that nothing answers on is one line now: Ray itself retries for minutes."""
+    if address is None:
+        return None
+    if address == "auto":
+        from ray._common.utils import get_ray_address_file
+
+        recorded = Path(get_ray_address_file(None))
+        address = os.environ.get("RAY_ADDRESS") or (recorded.read_text().strip() if recorded.exists() else "")
+        if not address:
+            raise UserError("--address auto: this machine belongs to no Ray cluster (none started with `ray start` "
+                            "here, RAY_ADDRESS unset; another program's private Ray is never joined); start one "
+                            "with `ray start --head`, give its HOST:PORT, or leave --address out for a local Ray")
     import socket
 
     host, sep, port = address.removeprefix("ray://").rpartition(":")
@@ -189,6 +201,7 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
     except OSError as exc:
         raise UserError(f"--address {address}: no Ray head answers there ({exc.strerror or exc}); start one with "
                         f"`ray start --head` or check the host and port") from None
+    return address
 
 
 class _Drop(logging.Filter):

@@ -121,3 +121,58 @@ def test_fresh_on_uri_storage_is_refused_without_touching_the_study(tmp_path):
 
 def test_status_of_a_uri_that_holds_no_study(tmp_path):
     assert_one_line_exit_2(ablation("status", f"file://{tmp_path}/nothing"), "is not a study directory")
+
+
+def a_study(tmp_path):
+    """A study directory as the committed demo's manifest describes it (no trial has trained yet)."""
+    from pathlib import Path
+
+    study = tmp_path / "studies" / "demo"
+    study.mkdir(parents=True)
+    manifest = json.loads((Path(__file__).parents[1] / "results" / "demo" / "manifest.json").read_text())
+    (study / "manifest.json").write_text(json.dumps(manifest))
+    return study, manifest
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda m: json.dumps(m)[:200], "manifest.json is damaged: not JSON (Unterminated string starting at: line 1, column"),
+    (lambda m: json.dumps({k: v for k, v in m.items() if k != "invocations"}), "its 'invocations' is missing"),
+    (lambda m: json.dumps({**m, "data": []}), "its 'data' is not a dict"),
+    (lambda m: json.dumps({**m, "trials": {k: {**v, "name": ""} for k, v in m["trials"].items()}}), "has no name"),
+], ids=["torn", "no invocations", "data a list", "trial without name"])
+@pytest.mark.parametrize("command", ["sweep", "status", "report"])
+def test_a_damaged_manifest_is_one_line_that_says_where_and_what_to_do(tmp_path, damage, expected, command):
+    """Was a KeyError in study.begin (no invocations), a parse error without its position, or "no trials" /
+    "trained on ," with an empty name."""
+    study, manifest = a_study(tmp_path)
+    (study / "manifest.json").write_text(damage(manifest))
+    before = snapshot(study)
+    args = ["sweep", str(write_spec(tmp_path / "demo.yaml", name="demo")), "--storage", str(study.parent)] \
+        if command == "sweep" else [command, str(study)]
+    result = ablation(*args)
+    assert_one_line_exit_2(result, expected)
+    assert "restore it from a backup, or start over with `ablation sweep SPEC --fresh`" in result.stderr
+    assert snapshot(study) == before
+
+
+def test_a_report_of_a_read_only_study_is_one_line_and_out_writes_it_elsewhere(tmp_path):
+    """Was a PermissionError traceback from mkdtemp, and no way to write the report anywhere else."""
+    from helpers import read_only_dir
+
+    study, _ = a_study(tmp_path)
+    prefix = read_only_dir(study)
+    if prefix is None:
+        pytest.skip("no way to make a read-only directory here (root without user namespaces)")
+    before = snapshot(study)
+    command = [*prefix, sys.executable, "-m", "ablation.cli", "report", str(study)]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert_one_line_exit_2(refused, f"cannot write the report into the study: {study} is not writable")
+    assert "give --out DIR" in refused.stderr
+    written = subprocess.run([*command, "--out", str(tmp_path / "elsewhere")], capture_output=True, text=True,
+                             timeout=300)
+    study.chmod(0o755)
+    assert written.returncode == 0, written.stderr[-3000:]
+    assert written.stdout == f"wrote {tmp_path / 'elsewhere' / 'report.md'}\n"
+    assert "# Ablation report: demo" in (tmp_path / "elsewhere" / "report.md").read_text()
+    assert (tmp_path / "elsewhere" / "tables" / "trials.csv").exists()
+    assert snapshot(study) == before

@@ -24,6 +24,7 @@ from ablation import sources as S
 from ablation.cli import main
 from ablation.config import ConfigError, TrialConfig
 from conftest import tiny
+from helpers import read_only_dir
 
 CIFAR_JPEG = [Path(os.environ.get("CIFAR10_JPEG", "/nonexistent")),
               Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg",
@@ -224,20 +225,6 @@ def test_train_out_that_is_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     rc, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "file"))
     assert_one_line(rc, err, "is a file, not a directory")
-
-
-def read_only_dir(path: Path):
-    """A command prefix under which `path` is read-only even for root (a read-only bind mount in a user and
-    mount namespace), or [] when chmod suffices (not root); None when neither is possible here."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        path.chmod(0o555)
-        return []
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True) if shutil.which("unshare") else None
-    if probe is None or probe.returncode != 0:
-        return None
-    return ["unshare", "-rm", "sh", "-c", f'mount --bind "{path}" "{path}" && mount -o remount,bind,ro "{path}" '
-                                          f'"{path}" && exec "$0" "$@"']
 
 
 def test_train_out_in_a_read_only_dir_is_refused_before_loading_data(tmp_path):

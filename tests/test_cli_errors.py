@@ -146,3 +146,23 @@ def test_pretrained_from_a_state_dict_of_something_else_is_one_line(tmp_path, ca
     code, err = in_process(capfd, "train", "stage=finetune", "init=pretrained", f"pretrained_from={bad}",
                            "dataset=fashion-mnist", "train_subset=64", "test_subset=64", "--out", str(tmp_path / "r"))
     assert code == 2 and err.count("\n") == 1 and "holds no state dict of weights" in err, err
+
+
+def test_address_auto_never_joins_another_drivers_private_ray(tmp_path, ray_session):
+    """This test session's own Ray (ray_session: what `ablation sweep` without --address starts too) is a
+    private Ray of another driver on this host. Ray's own `auto` joined any Ray it found running, and the
+    second sweep's trials ran inside the first's; now `auto` is only the cluster `ray start` recorded (none
+    here: an empty RAY_TMPDIR) or RAY_ADDRESS."""
+    import os
+
+    from conftest import write_spec
+
+    spec = write_spec(tmp_path / "a.yaml", name="a", seeds=[0], init=["random"], freeze=[0],
+                      finetune={"epochs": 1}, pretrain={"epochs": 1})
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(tmp_path / "raytmp")}
+    (tmp_path / "raytmp").mkdir()
+    result = subprocess.run([sys.executable, "-m", "ablation.cli", "sweep", str(spec), "--storage",
+                             str(tmp_path / "st"), "--address", "auto"], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-3000:]
+    assert "--address auto: this machine belongs to no Ray cluster" in result.stderr
+    assert not (tmp_path / "st").exists()

@@ -63,7 +63,9 @@ def ray_cluster(hide: tuple[Path, ...] = ()):
     """`ray start --head` + `ray start --address` on this machine, 1 CPU each, in a temp dir of their own (so
     that tearing them down touches no other Ray on the machine: no `ray stop`). The worker node can be
     started in a mount namespace of its own where `hide` paths are empty (a node that lacks them)."""
-    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths live below it
+    # short: Ray's socket paths live below it; named ray/ as Ray names its own, so that with RAY_TMPDIR at its
+    # parent a driver finds the address `ray start` recorded there, as it finds /tmp/ray's
+    temp = os.path.join(tempfile.mkdtemp(prefix="rc", dir="/tmp"), "ray")
     port = free_port()
     common = ["--num-cpus=1", "--disable-usage-stats"]
     worker = [RAY, "start", f"--address=127.0.0.1:{port}", *common]
@@ -104,7 +106,7 @@ def test_cluster_nodes_that_cannot_see_the_storage_or_the_data_are_one_line_befo
     """Runs before the test that kills the worker node."""
     from PIL import Image
 
-    address, _, hidden = cluster
+    address, temp, hidden = cluster
     images = hidden / "images"
     for split in ("train", "test"):
         for label, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
@@ -118,7 +120,8 @@ def test_cluster_nodes_that_cannot_see_the_storage_or_the_data_are_one_line_befo
     overrides = dict(arg.split("=", 1) for arg in data)
     assert run_study(str(spec), storage=str(tmp_path / "old"), overrides=overrides) == 0  # a study to replace
     storage = hidden / "studies"  # the driver sees it; the worker node sees an empty folder there
-    result = sweep(spec, storage, "--address", address, env=ENV, timeout=300)
+    recorded = ENV | {"RAY_TMPDIR": os.path.dirname(temp)}  # where `ray start` recorded it: what `auto` joins
+    result = sweep(spec, storage, "--address", "auto", env=recorded, timeout=300)
     assert result.returncode == 2 and "cannot see the study storage" in result.stderr, result.stderr[-3000:]
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("ablation: error: Ray node ")
     assert not storage.exists()  # nothing written, not even the probe's folder

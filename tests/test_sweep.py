@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -94,6 +95,39 @@ def test_a_finished_study_rerun_trains_nothing_and_needs_no_tune_logs(tmp_path, 
     assert run_study(str(spec), storage=str(tmp_path)) == 0
     assert {s["state"] for s in trial_states(study)} == {"finished"}
     assert set(trained_by_trial(study).values()) == {EPOCHS}
+
+
+def test_torn_metrics_are_named_by_status_and_report_and_a_rerun_rewrites_them_training_nothing(
+        tmp_path, reference_study, capsys):
+    """metrics.jsonl is written whole, so a line that does not parse is damage. A trial torn to its first
+    line showed as "not started", one torn in the middle reported two epochs as if finished, and the report
+    dropped or misread them without a word. Now both are named on stderr, in status and atop report.md; the
+    rerun rewrites the rows from each trial's checkpoint and trains nothing."""
+    study = copy_study(reference_study, tmp_path / "ref")
+    dirs = trial_dirs(study)
+    first, middle = dirs["ft-random-f0-s0"] / "metrics.jsonl", dirs["ft-pretrained-f4-s1"] / "metrics.jsonl"
+    first.write_text(first.read_text()[:40])
+    lines = middle.read_text().splitlines(keepends=True)
+    middle.write_text(lines[0] + lines[1][:30] + "\n" + lines[2])
+    assert main(["status", str(study)]) == 0
+    out, err = capsys.readouterr()
+    for trial, line in (("ft-random-f0-s0", 1), ("ft-pretrained-f4-s1", 2)):
+        assert f"ablation: warning: trial {trial}: metrics.jsonl line {line} is not JSON: rerun the sweep" in err
+        assert re.search(rf"^{trial} .* interrupted \(metrics.jsonl line {line} is not JSON", out, re.M), out
+    assert "8 finished, 2 interrupted" in out
+    assert main(["report", str(study)]) == 0
+    err = capsys.readouterr().err
+    report = (study / "report" / "report.md").read_text()
+    for trial, line in (("ft-random-f0-s0", 1), ("ft-pretrained-f4-s1", 2)):
+        assert f"ablation: warning: trial {trial}: metrics.jsonl line {line} is not JSON" in err
+        assert f"> **Warning**: trial {trial}: metrics.jsonl line {line} is not JSON" in report
+    spec = write_spec(tmp_path / "ref.yaml", name="ref", **REFERENCE)
+    assert run_study(str(spec), storage=str(tmp_path)) == 0
+    assert set(trained_by_trial(study).values()) == {EPOCHS}  # rewritten from checkpoints, nothing retrained
+    assert rows_by_trial(study) == rows_by_trial(reference_study)
+    assert main(["status", str(study)]) == 0
+    out, err = capsys.readouterr()
+    assert "10 finished" in out and "warning" not in err
 
 
 def test_a_trial_that_crashes_once_finishes_from_its_checkpoint(tmp_path, reference_study):

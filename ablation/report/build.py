@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -73,14 +74,18 @@ def report_text(manifest: dict, epochs: pd.DataFrame, trials: pd.DataFrame, tabl
     return "\n".join(lines)
 
 
-def write_report(study_dir: Path) -> Path:
-    """Write STUDY/report/{report.md, tables/, figures/}; returns the path of report.md. Built beside the old
-    report and swapped in whole: no table or figure of an older spec (an axis since dropped) stays behind
-    looking current, and a build that fails leaves the old report as it was."""
+def write_report(study_dir: Path, out: Path | None = None) -> Path:
+    """Write {report.md, tables/, figures/} into out (default STUDY/report); returns the path of report.md.
+    Built beside the old report and swapped in whole: no table or figure of an older spec (an axis since
+    dropped) stays behind looking current, and a build that fails leaves the old report as it was. Its
+    warnings (failed checks, damaged files) are said on stderr too."""
     study_dir = Path(study_dir)
     manifest, epochs, trials = load_study(study_dir)
-    report = study_dir / "report"
-    new = Path(tempfile.mkdtemp(prefix=".report.new-", dir=study_dir))
+    for line in warnings(trials):
+        print("ablation: warning: " + line.removeprefix("> **Warning**: "), file=sys.stderr)
+    report = Path(out) if out else study_dir / "report"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix=".report.new-", dir=report.parent))
     old = new.with_name(new.name.replace(".new-", ".old-"))
     try:
         _build(manifest, epochs, trials, new)

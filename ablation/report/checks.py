@@ -61,6 +61,8 @@ def failures(text: str) -> list[str]:
 
 
 def warnings(trials: pd.DataFrame) -> list[str]:
-    """One Markdown warning line per trial that failed a check (report.md puts them under its title)."""
+    """One Markdown warning line per trial that failed a check or has a damaged file (report.md puts them
+    under its title; `ablation report` says them on stderr too)."""
     return [f"> **Warning**: trial {row['trial']} failed a check: {'; '.join(failures(row['checks']))}"
-            for _, row in trials.iterrows() if failures(row["checks"])]
+            for _, row in trials.iterrows() if failures(row["checks"])] + \
+        [f"> **Warning**: trial {row['trial']}: {row['damage']}" for _, row in trials.iterrows() if row.get("damage")]

@@ -26,8 +26,8 @@ EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_
               "test_acc": "test_acc", "lr": "epoch_lr", "epoch_time_s": "epoch_time_s",
               "train_images_per_s": "train_images_per_s", "data_fingerprint": "data_fingerprint", "device": "trained_on",
               "host": "host", "node": "node", "val_loss": "val_loss", "val_acc": "val_acc"}
-SUMMARY = ["task", "state", "current", "finished", "epochs_done", "trained", "retrained", "code", "final_test_acc",
-           "best_test_acc", "best_epoch", "lowest_test_loss", "wall_time_s", "pretrained_digest", "ran_on",
+SUMMARY = ["task", "state", "damage", "current", "finished", "epochs_done", "trained", "retrained", "code",
+           "final_test_acc", "best_test_acc", "best_epoch", "lowest_test_loss", "wall_time_s", "pretrained_digest", "ran_on",
            "best_val_epoch", "test_acc_at_best_val", "best_val_acc", "checks"]
 ROLE = ["search", "chosen", "tuned"]  # a tune block's search cell, chosen cell, searched keys ("" for none)
 
@@ -74,7 +74,8 @@ def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFr
     for r in records:
         base = {"trial": r["name"], "key": r["key"], **_config_columns(r, by_key)}
         columns.update(dict.fromkeys(base))
-        trial_rows.append({**base, "task": task(r["config"]), "state": r["state"], "current": r["current"],
+        trial_rows.append({**base, "task": task(r["config"]), "state": r["state"], "damage": r["damage"],
+                           "current": r["current"],
                            "finished": r["state"] == FINISHED,
                            "trained": r["trained"], "code": ", ".join(r["code"]), **_summary(r),
                            "checks": trial_checks(r, by_key),
