@@ -25,18 +25,20 @@ class ConfigError(UserError, ValueError):
     """A bad key or value in a config, spec or override."""
 
 
-def _opt(default, doc, *, choices=None, lo=None, hi=None, lo_open=False, stage=None, internal=False):
+def _opt(default, doc, *, choices=None, lo=None, hi=None, lo_open=False, stage=None):
     """A config key: its default, its one-line doc, its valid choices or range, and, for a key that only one
-    stage reads, that stage (TrialConfig.check refuses it at a non-default value in the other stage).
-    `internal` keys (test switches) work but stay out of the user-facing table."""
+    stage reads, that stage (TrialConfig.check refuses it at a non-default value in the other stage)."""
     return field(default=default, metadata={"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open,
-                                            "stage": stage, "internal": internal})
+                                            "stage": stage})
 
 
 STAGES = ("rotation", "finetune")
 SEED_MAX = 2**32 - 1  # torch's generators take seeds below 2**64; data_seed + 1 seeds the test subset
 # Keys that say where things are, not what is computed: a trial's identity and a resume ignore them.
 LOCATION_KEYS = ("data_dir", "cache_dir", "pretrained_from")
+# Keys that configs recorded by an earlier version may hold, at the value that meant "off": identity ignores
+# them there, so those trials keep their keys (crash_at_epoch: a test switch, now an environment variable).
+RETIRED_KEYS = {"crash_at_epoch": 0}
 DATASETS = ("cifar10", "fashion-mnist", "imagefolder")
 
 
@@ -92,8 +94,6 @@ class TrialConfig:
     precision: str = _opt("auto", "auto = bf16 autocast on cuda, fp32 on cpu", choices=("auto", "fp32", "bf16"))
     channels_last: str = _opt("auto", "auto = on for cuda", choices=("auto", "on", "off"))
     compile: bool = _opt(False, "torch.compile the model (cuda; costs a warm-up)")
-    crash_at_epoch: int = _opt(0, "test-only fault switch: raise mid-way through this epoch unless the run "
-                               "was resumed from a checkpoint; 0 = off", lo=0, internal=True)
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field]:
@@ -160,8 +160,8 @@ class TrialConfig:
     def identity_of(cls, values: dict[str, Any]) -> dict[str, Any]:
         """identity() of a config as recorded (run.json, a checkpoint), written by this or an earlier version."""
         fields = cls.fields()
-        return {k: v for k, v in values.items()
-                if k not in LOCATION_KEYS and not (k in fields and v == fields[k].default)}
+        return {k: v for k, v in values.items() if k not in LOCATION_KEYS
+                and not (k in fields and v == fields[k].default) and not (k in RETIRED_KEYS and v == RETIRED_KEYS[k])}
 
     def describe(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -291,6 +291,5 @@ def defaults_table() -> str:
     """Markdown table of every key, its default and its meaning (for the README and `--help`)."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for f in dataclasses.fields(TrialConfig):
-        if not f.metadata["internal"]:
-            rows.append(f"| `{f.name}` | `{f.default}` | {f.metadata['doc']} |")
+        rows.append(f"| `{f.name}` | `{f.default}` | {f.metadata['doc']} |")
     return "\n".join(rows)

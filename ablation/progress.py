@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 from ray.tune import Callback
@@ -23,6 +24,16 @@ from .study import LOG_EVERY, LOG_UPLOAD_EVERY, STARTED, clock
 
 def _name(trial) -> str:
     return trial.config["trial"]["name"]
+
+
+def _error(trial) -> str:
+    """The exception's last line, and where its traceback lands in the study (Tune writes it in Ray's temp dir
+    first, then copies it to the trial's folder under STUDY/tune/)."""
+    try:
+        lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
+    except (OSError, TypeError):
+        lines = []
+    return f"{lines[-1].strip() if lines else 'an error'} (traceback: {trial.path}/error.txt)"
 
 
 class Progress(Callback):
@@ -165,13 +176,13 @@ class Progress(Callback):
         self.event(f"finished {_name(trial)}  {acc}")
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self.event(f"retrying {_name(trial)} from its last checkpoint (it crashed: {trial.error_file})")
+        self.event(f"retrying {_name(trial)} from its last finished epoch: {_error(trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.running.discard(trial.trial_id)
         self.failed += 1
         self._forget(_name(trial))
-        self.event(f"FAILED   {_name(trial)} after its retries; see {trial.error_file}")
+        self.event(f"FAILED   {_name(trial)} after its retries: {_error(trial)}")
 
     def on_step_end(self, iteration, trials, **info) -> None:
         self._show()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import store
-from .config import ConfigError, TrialConfig, coerce, unknown_key_message
+from .config import LOCATION_KEYS, ConfigError, TrialConfig, coerce, unknown_key_message
 from .store import Location
 from .tuning import TuneBlock, configurations, parse_tune
 
@@ -124,6 +124,9 @@ def _axis(scope: str, key: str, value: Any, where: str, name: str | None = None)
         raise ConfigError(f"{where}: '{label}' is set by the planner, not by an axis")
     if key not in fields:
         raise ConfigError(unknown_key_message(label, [f"{scope}.{k}" if scope else k for k in fields], where))
+    if key in LOCATION_KEYS:  # not part of a trial's identity: its values would all be one trial
+        raise ConfigError(f"{where}: {label} says where files are, not what a trial computes, so it cannot be an "
+                          f"axis; set it once ({key}: <path>), or make one study per copy")
     only = _stage_only(key)
     if only and scope and STAGE_OF[scope] != only:
         raise ConfigError(f"{where}: {label}: {key} applies to stage={only} only; write "

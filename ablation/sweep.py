@@ -234,6 +234,12 @@ NO_RESTORE_ADVICE = _Drop("Resume experiment with: Tuner.restore")
 # Tune's handler of SIGINT and SIGUSR1 replaces any other and says only this: what tells a stop from a run that
 # left trials unfinished by itself (a bug, which must not be called a Ctrl-C)
 STOP_SIGNAL = _Seen("Stop signal received")
+# A crashed trial's traceback (~40 lines, at each retry) and Tune's list of the trials that did not complete:
+# progress.py says each in a line naming the exception and the study's copy of the traceback
+NO_TRIAL_TRACEBACK = _Drop("Trial task failed for trial")
+NO_INCOMPLETE_LIST = _Drop("Trials did not complete")
+# Ray's note, at every start where ~/.ray/auth_token exists, that the driver's own private Ray uses it
+NO_TOKEN_NOTE = _Drop("Token authentication is enabled for this Ray cluster")
 # "The `on_step_begin` operation took 1.3 s, which may be a performance bottleneck": Tune's timing of its own
 # loop on a busy machine, a line every few minutes of a long study that the user cannot act on
 NO_BOTTLENECK_NOTE = _Drop("may be a performance bottleneck")
@@ -251,6 +257,9 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
         logging.getLogger("ray.tune.utils.util").addFilter(NO_BOTTLENECK_NOTE)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's new console output prints its banner even at verbose=0
         logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(NO_FETCH_WARNING)
+        logging.getLogger("ray.tune.execution.tune_controller").addFilter(NO_TRIAL_TRACEBACK)
+        logging.getLogger("ray.tune.tune").addFilter(NO_INCOMPLETE_LIST)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(NO_TOKEN_NOTE)
     for tune_filter in (NO_RESTORE_ADVICE, STOP_SIGNAL):  # the same filter twice is added once
         logging.getLogger("ray.tune.tune").addFilter(tune_filter)
     if not ray.is_initialized():

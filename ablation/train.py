@@ -33,8 +33,12 @@ from .models import (apply_freeze, backbone_state, build_model, frozen_digest, l
 EpochCallback = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
+CRASH_AT_EPOCH = "ABLATION_TEST_CRASH_AT_EPOCH"  # a test switch, out of the trial keys (no user sets it)
+
+
 class InjectedFault(RuntimeError):
-    """Raised by the test-only `crash_at_epoch` switch."""
+    """Raised mid-way through epoch $ABLATION_TEST_CRASH_AT_EPOCH of a run not resumed from a checkpoint: the
+    tests' stand-in for a trial that dies (a node lost, an OOM kill) and is retried from its checkpoint."""
 
 
 def resolve_device(choice: str, option: str = "device=") -> torch.device:
@@ -213,6 +217,7 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
     if resume is not None and TrialConfig.identity_of(resume["config"]) != cfg.identity():
         raise ConfigError("the checkpoint was written by a different config; use a new output dir")
     s = build(cfg, data)
+    crash_at = int(os.environ.get(CRASH_AT_EPOCH) or 0)
     history: list[dict[str, Any]] = []
     start = 0
     if resume is not None:
@@ -228,8 +233,8 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
         seen = 0
         batches = train_batches(s)
         for i, idx in enumerate(batches):
-            if cfg.crash_at_epoch == epoch and resume is None and i == len(batches) // 2:
-                raise InjectedFault(f"crash_at_epoch={epoch}: injected fault mid-epoch (test switch)")
+            if crash_at == epoch and resume is None and i == len(batches) // 2:
+                raise InjectedFault(f"{CRASH_AT_EPOCH}={epoch}: injected fault mid-epoch (test switch)")
             x, y = make_inputs(s, s.train_x[idx], s.train_y[idx], train=True)
             step_loss, step_correct = train_step(s, x, y)
             loss_sum += step_loss

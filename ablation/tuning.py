@@ -33,8 +33,8 @@ METRICS = {"val_acc": "max", "val_loss": "min"}
 TUNE_KEYS = {"space", "samples", "seeds", "metric", "scheduler", "search", "grace_period", "reduction_factor",
              "seed"}
 NOT_SEARCHED = {"seed", "stage", "init", "pretrained_from", "freeze", "epochs", "dataset", "data_dir", "cache_dir",
-                "val_split", "data_seed", "train_subset", "test_subset", "labels_per_class", "device",
-                "crash_at_epoch"}  # scientific, data or execution keys: an axis or a fixed value, not a nuisance
+                "val_split", "data_seed", "train_subset", "test_subset", "labels_per_class",
+                "device"}  # scientific, data or execution keys: an axis or a fixed value, not a nuisance
 SAMPLERS = {"uniform": 2, "loguniform": 2}  # name(lo, hi) -> Tune's sampler of that name
 _CALL = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*$")
 

@@ -42,6 +42,12 @@ CASES = {
     "dataset missing offline": ({"dataset": "imagefolder", "data_dir": "/nonexistent/cifar"},
                                 "data_dir= must hold train/<class>/* and test/<class>/*"),
     "unknown init": ({"init": ["pretrained", "imagenet"]}, "init='imagenet' is not one of random, pretrained"),
+    # where files are is no axis: cache_dir's two values were one trial; data_dir's was Tune's "Trial dirname
+    # must not contain /" traceback after the study directory was created
+    "cache_dir as an axis": ({"axes": {"cache_dir": ["a", "b"]}}, "cache_dir says where files are, not what a "
+                                                                  "trial computes, so it cannot be an axis"),
+    "data_dir as an axis": ({"dataset": "imagefolder", "axes": {"finetune.data_dir": ["/x/a", "/x/b"]}},
+                            "finetune.data_dir says where files are"),
 }
 
 

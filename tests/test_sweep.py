@@ -19,9 +19,10 @@ from ablation.cli import main
 from ablation.config import UserError
 from ablation.rundir import read_rows, trained_log
 from ablation.sweep import run_study
+from ablation.train import CRASH_AT_EPOCH
 from conftest import EPOCHS, REFERENCE, copy_study, write_spec
-from helpers import (backbone_digest, rows_by_trial, start_driver, trained_by_trial, trained_so_far, trial_dirs,
-                     trial_states, wait_for)
+from helpers import (backbone_digest, rows_by_trial, start_driver, sweep, trained_by_trial, trained_so_far,
+                     trial_dirs, trial_states, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -130,10 +131,26 @@ def test_torn_metrics_are_named_by_status_and_report_and_a_rerun_rewrites_them_t
     assert "10 finished" in out and "warning" not in err
 
 
-def test_a_trial_that_crashes_once_finishes_from_its_checkpoint(tmp_path, reference_study):
+def test_a_trial_failing_every_try_is_a_line_per_try_and_one_crashing_once_resumes_from_its_checkpoint(
+        tmp_path, reference_study):
+    """The driver is a process of its own, whose Ray's workers see the test switch ABLATION_TEST_CRASH_AT_EPOCH.
+    A trial that crashes in its first epoch on every try printed Ray's ~40-line traceback at each try and
+    pointed into Ray's temp dir; now each try is one line naming the exception and the study's copy of the
+    traceback. Rerun, it crashes once mid-way through epoch 2 and resumes from epoch 1's checkpoint."""
     spec = write_spec(tmp_path / "c.yaml", name="crash", **{**REFERENCE, "seeds": [0], "init": ["random"],
-                      "freeze": [0], "finetune": {"epochs": EPOCHS, "crash_at_epoch": 2}})
-    assert run_study(str(spec), storage=str(tmp_path)) == 0
+                      "freeze": [0], "max_failures": 1})
+    failed = sweep(spec, tmp_path, env={**os.environ, CRASH_AT_EPOCH: "1"})
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "Traceback" not in failed.stdout + failed.stderr
+    error = tmp_path / "crash" / "tune" / "run001" / "ft-random-f0-s0" / "error.txt"
+    said = f"InjectedFault: {CRASH_AT_EPOCH}=1: injected fault mid-epoch (test switch) (traceback: {error})"
+    assert failed.stdout.count(f"retrying ft-random-f0-s0 from its last finished epoch: ablation.train.{said}") == 1
+    assert failed.stdout.count(f"FAILED   ft-random-f0-s0 after its retries: ablation.train.{said}") == 1
+    assert "InjectedFault" in error.read_text()
+    assert failed.stderr.splitlines()[-1].startswith("ablation: 1 trial(s) failed after retries: ft-random-f0-s0")
+    result = sweep(spec, tmp_path, env={**os.environ, CRASH_AT_EPOCH: "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr and "retrying ft-random-f0-s0" in result.stdout
     trial_dir = trial_dirs(tmp_path / "crash")["ft-random-f0-s0"]
     rows = read_rows(trial_dir)
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))

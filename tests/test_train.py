@@ -12,7 +12,7 @@ from ablation import provenance, rundir
 from ablation.checkpoint import checkpoint_dirs, load_checkpoint, resolve_pretrained
 from ablation.models import FREEZE_GROUPS, weights_digest
 from ablation.rundir import METRIC_COLUMNS
-from ablation.train import InjectedFault, build, train
+from ablation.train import CRASH_AT_EPOCH, InjectedFault, build, train
 from conftest import tiny
 
 
@@ -88,8 +88,9 @@ def test_resume_from_an_epoch_ends_bit_identical_to_an_uninterrupted_run(fashion
     assert torch.equal(full[-1]["rng"]["data"], resumed[-1]["rng"]["data"])
 
 
-def test_run_dir_resumes_after_a_crash_and_refuses_another_config(tmp_path):
-    cfg = tiny(stage="finetune", epochs=2, crash_at_epoch=2)
+def test_run_dir_resumes_after_a_crash_and_refuses_another_config(tmp_path, monkeypatch):
+    cfg = tiny(stage="finetune", epochs=2)
+    monkeypatch.setenv(CRASH_AT_EPOCH, "2")
     with pytest.raises(InjectedFault):
         rundir.run(cfg, tmp_path, log=lambda _: None)
     assert [d.name for d in checkpoint_dirs(tmp_path)] == ["epoch_0001"]

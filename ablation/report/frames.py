@@ -20,7 +20,7 @@ from ..study import FINISHED, data_sources, read_manifest, trial_records, with_e
 from .checks import trial_checks
 
 CONFIG_KEYS = [k for k in TrialConfig.fields() if k not in LOCATION_KEYS]
-NOT_CELL = {"seed", "pretrain.seed", "stage", "crash_at_epoch"}  # seeds are what a cell averages over
+NOT_CELL = {"seed", "pretrain.seed", "stage"}  # seeds are what a cell averages over
 # Per-epoch values kept from each metrics row ("lr" there is the scheduled lr, renamed to keep the config's).
 EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_acc", "test_loss": "test_loss",
               "test_acc": "test_acc", "lr": "epoch_lr", "epoch_time_s": "epoch_time_s",
