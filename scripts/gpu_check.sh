@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The prepared GPU check, one command on a machine that has torch but maybe not Ray or this package installed
-# (the project's lent H200): the benchmark (Speed goals), K=4 sharing, and the report's protocol for 3 seeds at
+# (e.g. an H100 or H200 box): the benchmark (Speed goals), K=4 sharing, and the report's protocol for 3 seeds at
 # once on the CIFAR-10 JPEG copy with `ablation train`. Everything it prints is also saved under $OUT (or
 # /tmp/gpu_check), with each run's metrics.csv and run.json (not its checkpoints).
 #
-#   cp ../shared/data/cifar10-jpeg/{train,test}.zip data/cifar10-jpeg/    # data/ is git-ignored: carry it
+#   cp <cifar10-jpeg>/{train,test}.zip data/cifar10-jpeg/    # data/ is git-ignored: copy it along with the repository
 #   bash scripts/gpu_check.sh                     # PROTOCOL=0 skips the training runs, BENCH=0 the benchmark
 #
 # Sized for an H200: the bench at batch 512 (~2 min), then 30 rotation + 4 x 20 fine-tune epochs per seed, 3 seeds
 # at once (unmeasured). The runs live in RUNS (default results/studies/gpu-check, git-ignored, so kept between
-# calls while the device stays warm): a call cut off by its time limit is resumed by the same command again,
-# with BENCH=0. Set ROT_EPOCHS/FT_EPOCHS or SEEDS lower only if the device time is short (then say so).
+# calls on the same machine): a call cut off by its time limit is resumed by the same command again,
+# with BENCH=0. Set ROT_EPOCHS/FT_EPOCHS or SEEDS lower only if the machine's time is short (then say so).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"

@@ -5,7 +5,7 @@
 #
 #   scripts/report_protocol.sh OUT [key=value ...]      keys apply to every run and win over the defaults
 #   e.g. offline CIFAR-10 copy on a GPU box:
-#   scripts/report_protocol.sh /tmp/proto dataset=imagefolder data_dir=../shared/data/cifar10-jpeg seed=0
+#   scripts/report_protocol.sh runs/proto dataset=imagefolder data_dir=<cifar10-jpeg> seed=0
 #
 # ROT_EPOCHS (30, the report does not state it) and FT_EPOCHS (20, the report's) set the schedules;
 # ABLATION (default `ablation`) is the command, e.g. "python3 -m ablation.cli" where the package is on PYTHONPATH.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `ablation` needs: the offline Fashion-MNIST (Debian), PyTorch, and the package with its tests.
-# TORCH_SPEC pins torch/torchvision (default: the releases on this project's dev machines); set it to
+# TORCH_SPEC pins torch/torchvision (default: the releases this project is tested with); set it to
 # e.g. "torch torchvision" on a GPU box to keep the build you already have.
 set -euo pipefail
 cd "$(dirname "$0")/.."
