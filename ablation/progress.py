@@ -13,11 +13,12 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ray.tune import Callback
 
 from . import store
+from .console import say
 from .store import Location
 from .study import LOG_EVERY, LOG_UPLOAD_EVERY, STARTED, clock
 
@@ -84,12 +85,8 @@ class Progress(Callback):
     # ------------------------------------------------------------------ output
 
     @property
-    def out(self) -> TextIO:  # looked up per write, not kept: Tune pickles its callbacks with its state
-        return sys.stdout
-
-    @property
-    def tty(self) -> bool:
-        return self.out.isatty()
+    def tty(self) -> bool:  # sys.stdout looked up, not kept: Tune pickles its callbacks with its state
+        return sys.stdout.isatty()
 
     def _write_log(self, line: str) -> None:
         self.lines.append(line)
@@ -115,11 +112,8 @@ class Progress(Callback):
         self._write_log(line)
         if not echo:
             return
-        if self.drawn:
-            self.out.write("\r\033[K")
-            self.drawn = False
-        self.out.write(line + "\n")
-        self.out.flush()
+        say(("\r\033[K" if self.drawn else "") + line)
+        self.drawn = False
 
     def summary(self) -> str:
         now = time.monotonic()
@@ -141,8 +135,7 @@ class Progress(Callback):
         if self.tty and now - self.shown >= 1.0:
             width = 20
             filled = int(width * self.trained / max(self.epochs, 1))
-            self.out.write(f"\r\033[K[{'#' * filled}{'.' * (width - filled)}] {self.summary()}")
-            self.out.flush()
+            say(f"\r\033[K[{'#' * filled}{'.' * (width - filled)}] {self.summary()}", end="")
             self.drawn, self.shown = True, now
 
     # ------------------------------------------------------------------ Tune's hooks

@@ -25,6 +25,7 @@ import yaml
 
 from . import provenance, store, study
 from .config import ConfigError, UserError, read_yaml, unwritable
+from .console import say
 from .rundir import mark_stopped, read_rows
 from .spec import Spec, Trial, parse_spec, plan, trial_dir
 from .states import DONE
@@ -100,11 +101,11 @@ def _sweep(spec: Spec, spec_path: str, study_dir: Location, old, trials: list[Tr
     run = manifest["invocations"][-1]
     name = study.run_name(len(manifest["invocations"]))
     log = study.log_location(study_dir, len(manifest["invocations"]))
-    print(f"study {spec.name}: {len(trials)} trials in the spec: {len(done & {t.key for t in trials})} finished "
-          f"(reused), {len(todo)} to train ({len(run['added'])} new) on {slots:g} slot{'s' * (slots != 1)} -> "
-          f"{study_dir}", flush=True)
+    say(f"study {spec.name}: {len(trials)} trials in the spec: {len(done & {t.key for t in trials})} finished "
+        f"(reused), {len(todo)} to train ({len(run['added'])} new) on {slots:g} slot{'s' * (slots != 1)} -> "
+        f"{study_dir}")
     if todo:
-        print(f"log: {log} (-v prints Tune's tables and every epoch here)", flush=True)
+        say(f"log: {log} (-v prints Tune's tables and every epoch here)")
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
     unfinished: int | None = None
@@ -121,7 +122,7 @@ def _sweep(spec: Spec, spec_path: str, study_dir: Location, old, trials: list[Tr
     for line in problems:
         print(line, file=sys.stderr)
     if not code:
-        print(f"study {spec.name} finished; next: ablation report {study_dir}", flush=True)
+        say(f"study {spec.name} finished; next: ablation report {study_dir}")
     return code
 
 

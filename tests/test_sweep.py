@@ -159,6 +159,25 @@ def test_a_trial_failing_every_try_is_a_line_per_try_and_one_crashing_once_resum
     assert [r["test_loss"] for r in rows] == [r["test_loss"] for r in clean]  # resumed run is exact
 
 
+def test_a_reader_that_closes_the_console_pipe_decides_no_trials_fate(tmp_path, ray_session):
+    """`ablation sweep ... | head`: the BrokenPipeError of the next console write, raised inside Tune's callback,
+    marked a finished trial crashed, retried it, and ended the driver "by an exception". Now the console goes
+    quiet and the sweep runs to its end."""
+    spec = write_spec(tmp_path / "p.yaml", name="pipe", seeds=[0], init=["pretrained"], freeze=[0],
+                      pretrain={"epochs": 1}, finetune={"epochs": 1})
+    proc = start_driver(spec, tmp_path, stdout=subprocess.PIPE)
+    assert proc.stdout.readline().startswith("study pipe: 2 trials in the spec")
+    proc.stdout.close()  # what `head -1` does after its line
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    assert "Error" not in proc.stderr.read()
+    assert {s["state"] for s in trial_states(tmp_path / "pipe")} == {"finished"}
+    assert set(trained_by_trial(tmp_path / "pipe").values()) == {1}  # nothing retried
+    (invocation,) = json.loads((tmp_path / "pipe" / "manifest.json").read_text())["invocations"]
+    assert invocation["outcome"] == "finished"
+    log = (tmp_path / "pipe" / "logs" / "run001.log").read_text()
+    assert "finished ft-pretrained-f0-s0" in log and "retrying" not in log
+
+
 def test_gpu_request_on_a_cpu_machine_runs_on_cpu_after_one_warning(tmp_path, ray_session, capsys):
     import torch
 
