@@ -17,6 +17,11 @@ from .config import TrialConfig, UserError, defaults_table, parse_overrides, rea
 
 def cmd_train(args) -> int:
     values = read_yaml(args.config) if args.config else {}
+    from .spec import SPEC_KEYS
+
+    if study_keys := sorted(k for k in values if k in SPEC_KEYS and k not in TrialConfig.fields()):
+        raise UserError(f"{args.config} is a study spec ({', '.join(study_keys)}: keys of a study, not of one run); "
+                        f"run it with `ablation sweep {args.config}`")
     values.update(parse_overrides(args.overrides))
     cfg = TrialConfig.from_dict(values, where=args.config or "train")
     if not args.out:  # checked after the config, so a bad key is named even when --out is missing too

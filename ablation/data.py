@@ -96,10 +96,11 @@ def _check_subsets(cfg: TrialConfig, train_labels: torch.Tensor, test_labels: to
         if cfg.labels_per_class > have:
             raise ConfigError(f"labels_per_class={cfg.labels_per_class} exceeds the {have} images per class "
                               f"that {_source_name(cfg)} has; use at most {have}")
-    for key, labels, split in (("train_subset", train_labels, "training"), ("test_subset", test_labels, "test")):
+    kept = f"training images left after val_split={cfg.val_split}" if cfg.val_split else "training images"
+    for key, labels, split in (("train_subset", train_labels, kept), ("test_subset", test_labels, "test images")):
         want, have = getattr(cfg, key), len(labels)
         if want > have:
-            raise ConfigError(f"{key}={want} exceeds the {have} {split} images of {_source_name(cfg)}; "
+            raise ConfigError(f"{key}={want} exceeds the {have} {split} of {_source_name(cfg)}; "
                               f"use at most {have} (0 = all of them)")
 
 

@@ -72,8 +72,9 @@ def _check_same_config(record: str | None, where: Location, cfg: TrialConfig) ->
     changed = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
     if changed:
         k = changed[0]
-        raise ConfigError(f"{where} holds a run with another config ({k}: {old.get(k)!r} there, "
-                          f"{now.get(k)!r} now); choose another --out")
+        default = getattr(TrialConfig.fields().get(k), "default", None)  # identity leaves defaults out
+        raise ConfigError(f"{where} holds a run with another config ({k}: {old.get(k, default)!r} there, "
+                          f"{now.get(k, default)!r} now); choose another --out")
 
 
 class RunDir:

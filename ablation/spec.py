@@ -312,6 +312,10 @@ def plan(spec: Spec, study_dir: Location, choices: dict[str, dict] | None = None
     if block and any(not t.config.val_split for t in trials if t.search):
         raise ConfigError(f"{spec.name}: tune: the search selects on validation data; set val_split: N (e.g. 5000 "
                           f"training images held out)")
+    short = min((t.config.epochs for t in trials if t.search), default=None)
+    if block and block.scheduler == "asha" and short is not None and block.grace_period >= short:
+        raise ConfigError(f"{spec.name}: tune: grace_period={block.grace_period} is not below the search trials' "
+                          f"{short} epochs, so ASHA could stop none of them; lower it, or use scheduler: none")
     return trials
 
 

@@ -202,7 +202,28 @@ def resolve_address(address: str | None, timeout: float = 5.0) -> str | None:
     except OSError as exc:
         raise UserError(f"--address {address}: no Ray head answers there ({exc.strerror or exc}); start one with "
                         f"`ray start --head` or check the host and port") from None
+    if not address.startswith("ray://") and (problem := _not_ray(address, timeout)):
+        raise UserError(f"--address {address}: something listens there, but no Ray head ({problem}); give the "
+                        f"address `ray start --head` printed")
     return address
+
+
+GCS_PROBE = ("import sys; from ray._raylet import GcsClient; "
+             "GcsClient(address=sys.argv[1]).internal_kv_get(b'session_name', b'session', timeout=3)")
+
+
+def _not_ray(address: str, timeout: float) -> str:
+    """Why a Ray head's GCS does not answer at address ("" when it does). A process of its own (~0.5 s): Ray's
+    C++ client logs each of its retries for ~25 s on stderr before ray.init gives up."""
+    import subprocess
+
+    try:
+        probe = subprocess.run([sys.executable, "-c", GCS_PROBE, address], capture_output=True, text=True,
+                               timeout=timeout + 5)
+    except subprocess.TimeoutExpired:
+        return f"no answer within {timeout + 5:g} s"
+    lines = [line for line in probe.stderr.splitlines() if line.strip()]
+    return "" if probe.returncode == 0 else (lines[-1].strip() if lines else f"exit code {probe.returncode}")
 
 
 class _Drop(logging.Filter):

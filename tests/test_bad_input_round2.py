@@ -378,6 +378,9 @@ def test_a_stage_only_key_at_its_default_is_fine():
     (["train_subset=70000"], "train_subset=70000 exceeds the 60000 training images of fashion-mnist; use at most "
                              "60000 (0 = all of them)"),
     (["test_subset=10001"], "test_subset=10001 exceeds the 10000 test images of fashion-mnist; use at most 10000"),
+    # the validation split is what made it too large: said (was "exceeds the 59000 training images")
+    (["train_subset=60000", "val_split=1000"], "train_subset=60000 exceeds the 59000 training images left after "
+                                               "val_split=1000 of fashion-mnist"),
 ])
 def test_a_subset_larger_than_its_split_is_refused(tmp_path, capsys, args, expected):
     out = tmp_path / "run"

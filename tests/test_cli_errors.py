@@ -166,3 +166,45 @@ def test_address_auto_never_joins_another_drivers_private_ray(tmp_path, ray_sess
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-3000:]
     assert "--address auto: this machine belongs to no Ray cluster" in result.stderr
     assert not (tmp_path / "st").exists()
+
+
+def test_an_address_where_something_other_than_ray_listens_is_one_line_at_once(tmp_path):
+    """A port that accepts connections (a proxy, another service) passed the socket check, and ray.init then
+    logged ~20 lines of its C++ client's retries for ~25 s before its own error."""
+    import socket
+    import threading
+    import time
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer():  # an HTTP/1.1 server's answer to gRPC's HTTP/2 preface
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(1024)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    spec = Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml"
+    started = time.monotonic()
+    try:
+        result = ablation("sweep", str(spec), "--storage", str(tmp_path / "st"), "--address", f"127.0.0.1:{port}",
+                          cwd=tmp_path)
+    finally:
+        server.close()
+    assert time.monotonic() - started < 15
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"--address 127.0.0.1:{port}: something listens there, but no Ray head (" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_study_spec_given_to_train_says_to_sweep_it(tmp_path):
+    spec = Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml"
+    result = ablation("train", "--config", str(spec), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"{spec} is a study spec (" in result.stderr and f"run it with `ablation sweep {spec}`" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -101,6 +101,9 @@ def test_run_dir_resumes_after_a_crash_and_refuses_another_config(tmp_path, monk
 
     with pytest.raises(ConfigError, match="another config"):
         rundir.run(cfg.replace(lr=0.1), tmp_path, log=lambda _: None)
+    # a key at its default there is named by its value (identity leaves defaults out: it printed None)
+    with pytest.raises(ConfigError, match=r"another config \(label_smoothing: 0.0 there, 0.1 now\)"):
+        rundir.run(cfg.replace(label_smoothing=0.1), tmp_path, log=lambda _: None)
 
 
 def test_a_uri_run_cut_off_while_uploading_its_first_checkpoint_starts_again_on_rerun(tmp_path, monkeypatch):

@@ -195,6 +195,15 @@ def test_a_search_trial_that_ends_unfinished_still_ends_its_cells_wait_instead_o
     assert asked == [trials[0].search] and searcher.suggest("t1") == Searcher.FINISHED
 
 
+@pytest.mark.parametrize("grace", [2, 3])
+def test_a_grace_period_not_below_the_epochs_is_refused(grace):
+    """ASHA stops a trial at a rung after grace_period epochs: with grace_period >= epochs it stops nothing,
+    which was accepted without a word."""
+    with pytest.raises(ConfigError, match=f"grace_period={grace} is not below the search trials' 2 epochs"):
+        plan(spec({"samples": 2, "scheduler": "asha", "grace_period": grace}, finetune={"epochs": 2}), "/nowhere")
+    assert plan(spec({"samples": 2, "scheduler": "asha", "grace_period": 1}, finetune={"epochs": 2}), "/nowhere")
+
+
 def test_the_asha_history_of_a_resumed_search_holds_its_done_trials_too(tmp_path):
     import json
 
