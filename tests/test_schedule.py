@@ -65,7 +65,8 @@ def test_trials_whose_rotation_finished_in_an_earlier_invocation_are_offered_at_
 class FakeTrial:
     def __init__(self, name, trial_id):
         self.config, self.trial_id = {"trial": {"name": name}}, trial_id
-        self.last_result, self.error_file = {}, f"/x/{name}/error.txt"
+        self.last_result, self.error_file = {}, f"/x/{name}/error.txt"  # Ray's temp dir: gone here
+        self.path = f"/study/tune/run001/{name}"  # the trial's folder in the study
 
 
 def test_the_console_gets_a_line_per_event_and_a_summary_the_log_every_epoch(tmp_path, capsys):
@@ -85,7 +86,8 @@ def test_the_console_gets_a_line_per_event_and_a_summary_the_log_every_epoch(tmp
     out = capsys.readouterr().out.splitlines()
     assert [line.split("] ", 1)[1] for line in out if "trials done" not in line] == [
         "started  rot-s0", "started  ft-random-f0-s0", "finished rot-s0  test_acc 0.5000",
-        "FAILED   ft-random-f0-s0 after its retries; see /x/ft-random-f0-s0/error.txt"]
+        "FAILED   ft-random-f0-s0 after its retries: an error (traceback: "
+        "/study/tune/run001/ft-random-f0-s0/error.txt)"]
     assert out[-1].endswith("1/2 trials done, 0 running, 0 waiting, 1 failed; 2/2 epochs; 0:00 elapsed")  # the failed
     # trial's epoch will never be trained: it leaves the total
     text = log.read_text()
