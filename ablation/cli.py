@@ -177,16 +177,34 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP outside a sweep's Tune run (while Ray starts, data loads, a report is written): the
+    same end as Ctrl-C there, with exit code 128 + the signal's number (a sweep's own handler covers the run)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if argv is None:  # a command line, not a call from Python (tests, notebooks keep their handlers)
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _stop)
     try:
         return args.fn(args)
     except UserError as exc:
         print(f"ablation: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("ablation: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", 2)
     except BrokenPipeError:  # `ablation status ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

@@ -285,12 +285,23 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
     for tune_filter in (NO_RESTORE_ADVICE, STOP_SIGNAL):  # the same filter twice is added once
         logging.getLogger("ray.tune.tune").addFilter(tune_filter)
     if not ray.is_initialized():
+        main = threading.current_thread() is threading.main_thread()  # signal.signal works there only
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)} if main else {}
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
                      logging_level=logging.INFO if verbose else logging.WARNING)
         except ConnectionError as exc:  # address=auto with no cluster running
             raise UserError(f"--address {address}: {str(exc).splitlines()[0]}; start one with `ray start --head` "
                             f"or leave --address out for a local Ray") from None
+        except SystemExit as exc:  # SIGTERM while ray.init ran: its handler's sys.exit(15), as any other stop
+            if exc.code != signal.SIGTERM:
+                raise
+            stop = KeyboardInterrupt()
+            stop.signum = signal.SIGTERM  # the exit code cli.main gives it: 128 + 15
+            raise stop from None
+        finally:  # ray.init's own SIGTERM handler exits with code 15 and says nothing: ours (cli.py) come back
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     have = ray.cluster_resources()
     gpu = spec.gpu
     if gpu and not have.get("GPU", 0):
