@@ -178,6 +178,26 @@ def test_a_reader_that_closes_the_console_pipe_decides_no_trials_fate(tmp_path, 
     assert "finished ft-pretrained-f0-s0" in log and "retrying" not in log
 
 
+def test_the_committed_stem_spec_shrunk_sweeps_and_reports_with_its_stem_column_and_figure(tmp_path, ray_session):
+    """experiments/cifar_stem.yaml as committed, shrunk by overrides to 64 Fashion-MNIST images and an epoch a
+    stage: its report has the stem (a word-valued axis, which crashed the report) as a column and a figure."""
+    import csv
+
+    spec = Path(__file__).resolve().parents[1] / "experiments" / "cifar_stem.yaml"
+    shrink = ["dataset=fashion-mnist", "data_dir=", "train_subset=64", "test_subset=32", "batch_size=32",
+              "eval_batch_size=64", "seeds=[0]", "freeze=[0]", "pretrain.epochs=1", "finetune.epochs=1",
+              "resources={cpu: 1, gpu: 0}"]
+    assert main(["sweep", str(spec), "--storage", str(tmp_path), *shrink]) == 0
+    assert main(["report", str(tmp_path / "cifar_stem")]) == 0
+    report = tmp_path / "cifar_stem" / "report"
+    with open(report / "tables" / "finetune_cells.csv") as fh:
+        cells = list(csv.DictReader(fh))
+    assert sorted((c["init"], c["stem"]) for c in cells) == [
+        ("pretrained", "cifar"), ("pretrained", "imagenet"), ("random", "cifar"), ("random", "imagenet")]
+    assert (report / "figures" / "accuracy_by_stem.png").stat().st_size > 20_000
+    assert "figures/accuracy_by_stem.png" in (report / "report.md").read_text()
+
+
 def test_gpu_request_on_a_cpu_machine_runs_on_cpu_after_one_warning(tmp_path, ray_session, capsys):
     import torch
 
