@@ -1,3 +1,3 @@
 """ablation: run, resume and report ablation studies of rotation pretraining for ResNet18 on CIFAR-10."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

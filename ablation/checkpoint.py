@@ -21,6 +21,7 @@ import torch
 from .atomic import write_atomic
 from .config import UserError
 from .models import HEAD_KEYS
+from .rundir import CHECKPOINT_GLOB
 from .store import download, is_uri
 
 STATE_FILE = "state.pt"
@@ -108,8 +109,8 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Checkpoint directories of a run dir (rundir.py's checkpoints/epoch_*), newest first."""
-    return newest_first([d for d in Path(run_dir).glob("checkpoints/epoch_*") if d.is_dir()])
+    """Checkpoint directories of a run dir (rundir.CHECKPOINT_GLOB), newest first."""
+    return newest_first([d for d in Path(run_dir).glob(CHECKPOINT_GLOB) if d.is_dir()])
 
 
 def newest_first(dirs: list[Path]) -> list[Path]:

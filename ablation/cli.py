@@ -1,4 +1,4 @@
-"""`ablation train / sweep / status / report / bench`: argument parsing and dispatch only.
+"""`ablation train / sweep / status / report / export / bench`: argument parsing and dispatch only.
 
 Heavy modules (torch, ray, pandas) are imported inside each command so that bad input is answered fast.
 Every expected failure is one line on stderr and exit code 2.
@@ -83,6 +83,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        raise UserError(f"--out {args.out} is a directory; give a file name (e.g. {args.trial}.pt)")
+    if problem := unwritable(out.parent):
+        raise UserError(f"--out {args.out}: {problem}; choose another --out")
+    print(export(local_study(args.study), args.trial, out, args.epoch))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
@@ -146,6 +158,14 @@ def parser() -> argparse.ArgumentParser:
                    help="write the report here instead of STUDY/report (e.g. when the study is read-only)")
     r.set_defaults(fn=cmd_report)
 
+    e = sub.add_parser("export", help="a trial's weights as a plain torchvision resnet18 state dict")
+    e.add_argument("study")
+    e.add_argument("trial", help="its name, as `ablation status` lists it")
+    e.add_argument("--out", required=True, metavar="FILE", help="the .pt file to write")
+    e.add_argument("--epoch", default="best", help="best (its selection epoch: best val_acc, else best test_acc; "
+                                                   "the default), last, or an epoch number")
+    e.set_defaults(fn=cmd_export)
+
     b = sub.add_parser("bench", help="images/s of the harness vs a naive DataLoader vs the compute limit")
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     b.add_argument("--batch-size", type=int, default=None)
@@ -192,9 +212,10 @@ def _stop(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    if argv is None:  # a command line, not a call from Python (tests, notebooks keep their handlers)
-        import signal
+    import signal
 
+    command_line = argv is None  # not a call from Python (tests, notebooks keep their handlers)
+    if command_line:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _stop)
     try:
@@ -208,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `ablation status ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        if command_line:  # the command has ended (its exit code stands); only Ray's shutdown at exit is left
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

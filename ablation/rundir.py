@@ -13,7 +13,8 @@ metrics. Layout:
                                   with the code version that trained it (a run may be resumed by newer code)
     stopped.json                  written by the study's driver when Tune's ASHA stopped the run early
                                   (tuning.py): a rerun does not resume it
-    checkpoints/epoch_NNNN/       the newest KEEP checkpoints (state.pt + meta.json)
+    checkpoints/epoch_NNNN/       the newest KEEP checkpoints (state.pt + meta.json), and the one of the
+                                  selection epoch (selection_epoch): the weights behind the trial's number
 """
 
 from __future__ import annotations
@@ -119,6 +120,23 @@ def _json_lines(location: Location) -> tuple[list[dict[str, Any]], list[int]]:
     return rows, torn
 
 
+def checkpoint_name(epoch: int) -> str:
+    """Where in a run dir the checkpoint of this epoch lives (CHECKPOINT_GLOB matches every one)."""
+    return f"{CHECKPOINTS}/epoch_{epoch:04d}"
+
+
+CHECKPOINT_GLOB = f"{CHECKPOINTS}/epoch_*"
+
+
+def selection_epoch(rows: list[dict[str, Any]]) -> tuple[int, str]:
+    """The epoch a trial's number comes from, and the metric that chose it: the best val_acc when the run holds
+    out a validation split, else the best test_acc (a selection on the test set, to be said as such). The
+    first of equal epochs, as the report picks it."""
+    metric = "val_acc" if any(r.get("val_acc") is not None for r in rows) else "test_acc"
+    best = max(rows, key=lambda r: r[metric] if r.get(metric) is not None else float("-inf"))
+    return best["epoch"], metric
+
+
 def read_rows(location: Location) -> list[dict[str, Any]]:
     """One dict per epoch of the state the run continues from, in order (no torch: status and report read it).
     An epoch that appears twice keeps its last row."""
@@ -180,7 +198,7 @@ def run(cfg: TrialConfig, location: Location, log: Callable[[str], None] = print
         def on_epoch(row: dict[str, Any], state: dict[str, Any]) -> None:
             # The dir appears with the first finished epoch: bad input (no data, no GPU) leaves nothing behind.
             rd.path.mkdir(parents=True, exist_ok=True)
-            checkpoint = f"{CHECKPOINTS}/epoch_{row['epoch']:04d}"
+            checkpoint = checkpoint_name(row["epoch"])
             written = [checkpoint, METRICS_FILE, METRICS_CSV, TRAINED_LOG]
             if not (rd.path / RUN_FILE).exists():
                 record = {"config": cfg.to_dict(), "data_fingerprint": state["data_fingerprint"],
@@ -195,8 +213,10 @@ def run(cfg: TrialConfig, location: Location, log: Callable[[str], None] = print
             write_atomic(rd.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in metrics_rows(state)))
             write_atomic(rd.path / METRICS_CSV, metrics_csv(state["history"]))
             rd.push(*written)  # the checkpoint before the metrics: they never run ahead of the weights they describe
+            chosen = checkpoint_name(selection_epoch(metrics_rows(state))[0])  # kept: the weights behind the number
             for stale in checkpoint_dirs(rd.path)[KEEP:]:
-                rd.drop(f"{CHECKPOINTS}/{stale.name}")
+                if f"{CHECKPOINTS}/{stale.name}" != chosen:
+                    rd.drop(f"{CHECKPOINTS}/{stale.name}")
             if report is not None:
                 report(metrics_rows(state)[-1])
 

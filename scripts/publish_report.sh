@@ -6,7 +6,7 @@
 set -euo pipefail
 ablation=(${ABLATION:-ablation})
 if [ $# -ne 2 ]; then
-  echo "usage: $0 <study dir> <results folder>, e.g. $0 /root/studies/report results/report-cifar10" >&2
+  echo "usage: $0 <study dir> <results folder>, e.g. $0 <storage>/report results/report-cifar10" >&2
   exit 2
 fi
 study=$1 out=$2

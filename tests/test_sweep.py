@@ -80,6 +80,45 @@ def test_pretrained_trials_loaded_their_own_seeds_backbone(reference_study):
             assert rows[0]["pretrained_digest"] == ""
 
 
+def test_each_trial_keeps_its_selection_epochs_weights_and_export_loads_into_plain_torchvision(
+        tmp_path, reference_study, capsys):
+    """The weights behind a trial's number were deleted (only the newest two checkpoints stayed). Now its
+    selection epoch's checkpoint stays too, and `ablation export` writes it as a torchvision resnet18 state
+    dict that reproduces the test accuracy recorded for that epoch."""
+    import torch
+    import torchvision
+
+    from ablation import data as D
+    from ablation.config import TrialConfig
+    from ablation.rundir import selection_epoch
+
+    dirs = trial_dirs(reference_study)
+    for trial, d in dirs.items():
+        best, metric = selection_epoch(read_rows(d))
+        assert metric == "test_acc"  # no validation split here
+        kept = {p.name for p in (d / "checkpoints").iterdir()}
+        assert kept == {f"epoch_{e:04d}" for e in (best, EPOCHS - 1, EPOCHS)}, trial
+    early = [t for t, d in dirs.items() if t.startswith("ft-") and selection_epoch(read_rows(d))[0] < EPOCHS - 1]
+    name = (early or ["ft-pretrained-f0-s0"])[0]  # one whose weights only the new rule kept, where there is one
+    rows = read_rows(dirs[name])
+    best, _ = selection_epoch(rows)
+    out = tmp_path / "weights.pt"
+    assert main(["export", str(reference_study), name, "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"wrote {out}: trial {name}, epoch {best} (its best test_acc (selected on the test set))")
+    assert "torchvision.models.resnet18(num_classes=10)" in said
+    model = torchvision.models.resnet18(num_classes=10)
+    model.load_state_dict(torch.load(out, weights_only=True))  # strict: every key, no other
+    model.eval()
+    cfg = TrialConfig.from_dict(json.loads((dirs[name] / "run.json").read_text())["config"])
+    data = D.load_data(cfg)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (data.mean, data.std))
+    with torch.no_grad():
+        correct = sum((model(D.normalize(x, mean, std)).argmax(1) == y).sum().item()
+                      for x, y in zip(data.test.x.split(cfg.eval_batch_size), data.test.y.split(cfg.eval_batch_size)))
+    assert correct / len(data.test.y) == next(r["test_acc"] for r in rows if r["epoch"] == best)
+
+
 def test_a_finished_study_rerun_trains_nothing_and_needs_no_tune_logs(tmp_path, reference_study):
     """Each invocation is a fresh Tune run; the study's own records decide what is done. A finished study
     reruns without training anything, also when its Tune experiment logs are torn (by a kill while Tune

@@ -6,6 +6,7 @@ study is complete, and what the effect of pretraining was with its uncertainty, 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -28,10 +29,12 @@ def trial_state(row: pd.Series) -> str:
 
 
 def _data_copy(source: str, d: dict[str, Any]) -> str:
-    """e.g. "imagefolder /data/cifar10-jpeg = cifar10: 50,000 train / 10,000 test images, 10 classes, 3x32x32
-    (data fingerprint eec90e10bd2f5438)"; studies from before the descriptions were recorded: fingerprint only."""
+    """e.g. "imagefolder cifar10-jpeg = cifar10: 50,000 train / 10,000 test images, 10 classes, 3x32x32
+    (data fingerprint eec90e10bd2f5438)": the copy by its folder's name and its fingerprint, which identifies
+    it wherever it lives (its path on one machine says nothing on another; the manifest keeps it);
+    studies from before the descriptions were recorded: fingerprint only."""
     dataset, _, where = source.partition(":")
-    text = f"{dataset} {where}".strip()
+    text = f"{dataset} {Path(where).name if where else ''}".strip()
     if "train_images" in d:
         task = f" = {d['task']}" if d["task"] != dataset else ""
         text += (f"{task}: {d['train_images']:,} train / {d['test_images']:,} test images, {len(d['classes'])} "
@@ -60,7 +63,12 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
              f"- Spec digest: {last.get('spec_digest', '?')} (invocation {len(runs)} of the study); created "
              f"{manifest.get('created', '?')}",
              f"- Trials finished: {int(current['finished'].sum())} of {len(current)} planned"
-             + (f" ({stopped} search trial(s) stopped early by ASHA: done, not unfinished)" if stopped else "")]
+             + (f" ({stopped} search trial(s) stopped early by ASHA: done, not unfinished)" if stopped else ""),
+             "- Epoch selection: every *best* number (best acc, best diff, and the report's, which it printed so) "
+             "picks its epoch on the test set, an optimistic estimate; *final* (the last epoch) selects nothing"
+             + ("; *at best val* picks its epoch on the validation split, held out of the training images"
+                if current["best_val_epoch"].notna().any() else "; no trial held out a validation split "
+                "(val_split) to select on")]
     for stage, title in (("rotation", "rotation pretraining"), ("finetune", "fine-tuning")):
         cells = current[(current["stage"] == stage) & ~search_only(current)]
         keys = fixed_keys(cells)

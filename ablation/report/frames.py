@@ -25,10 +25,13 @@ NOT_CELL = {"seed", "pretrain.seed", "stage"}  # seeds are what a cell averages 
 EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_acc", "test_loss": "test_loss",
               "test_acc": "test_acc", "lr": "epoch_lr", "epoch_time_s": "epoch_time_s",
               "train_images_per_s": "train_images_per_s", "data_fingerprint": "data_fingerprint", "device": "trained_on",
-              "host": "host", "node": "node", "val_loss": "val_loss", "val_acc": "val_acc"}
+              "host": "host", "node": "node", "val_loss": "val_loss", "val_acc": "val_acc",
+              # what the checks read (checks.py), so that a reader of the tables can redo them
+              "pretrained_digest": "loaded_digest", "backbone_digest": "backbone_digest",
+              "frozen_intact": "frozen_intact"}
 SUMMARY = ["task", "state", "damage", "current", "finished", "epochs_done", "trained", "retrained", "code",
            "final_test_acc", "best_test_acc", "best_epoch", "lowest_test_loss", "wall_time_s", "pretrained_digest", "ran_on",
-           "best_val_epoch", "test_acc_at_best_val", "best_val_acc", "checks"]
+           "best_val_epoch", "test_acc_at_best_val", "best_val_acc", "depends_on", "backbone_digest", "checks"]
 ROLE = ["search", "chosen", "tuned"]  # a tune block's search cell, chosen cell, searched keys ("" for none)
 
 
@@ -78,6 +81,8 @@ def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFr
                            "current": r["current"],
                            "finished": r["state"] == FINISHED,
                            "trained": r["trained"], "code": ", ".join(r["code"]), **_summary(r),
+                           "depends_on": r.get("depends_on") or "",  # the key of its rotation trial
+                           "backbone_digest": r["rows"][-1].get("backbone_digest") if r["rows"] else None,
                            "checks": trial_checks(r, by_key),
                            "search": r.get("search", ""), "chosen": r.get("chosen", ""),
                            "tuned": ",".join(r.get("tuned", []))})
