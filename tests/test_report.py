@@ -58,6 +58,17 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def protocol_copy(study: Path) -> Path:
+    """A copy of the fixture marked as the report's protocol: it trained at batch 64 (fast), and a cell off the
+    protocol gets none of the report's numbers (reference.comparable), which these tests compare with."""
+    shutil.copytree(FIXTURE, study)
+    manifest = json.loads((study / "manifest.json").read_text())
+    for t in manifest["trials"].values():
+        t["config"]["batch_size"] = 128
+    (study / "manifest.json").write_text(json.dumps(manifest))
+    return study
+
+
 def t_ci(values):
     n, m = len(values), statistics.mean(values)
     half = stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
@@ -73,7 +84,7 @@ def study(tmp_path_factory):
     from ablation.report import write_report
 
     study = tmp_path_factory.mktemp("s") / "tiny"
-    shutil.copytree(FIXTURE, study)
+    protocol_copy(study)
     assert write_report(study) == study / "report" / "report.md"
     return study
 
@@ -206,7 +217,7 @@ def test_report_md(study):
     assert f"; this report written by {provenance.code_version()}\n" in text  # its tables' code, beside the training's
     fixed = {line.split(":")[0]: line for line in text.splitlines() if line.startswith("- Fixed, ")}
     assert set(fixed) == {"- Fixed, rotation pretraining", "- Fixed, fine-tuning"}  # the playbook: report them
-    assert ", epochs 2, batch_size 64, lr 0.01, momentum 0.9," in fixed["- Fixed, fine-tuning"]
+    assert ", epochs 2, batch_size 128, lr 0.01, momentum 0.9," in fixed["- Fixed, fine-tuning"]
     assert not re.search(r"\b(freeze|init|seed|rotation_mode) ", fixed["- Fixed, fine-tuning"])  # axes; rotation's
     assert "rotation_mode random1" in fixed["- Fixed, rotation pretraining"]
     assert not re.search(r"\b(freeze|init|labels/class) ", fixed["- Fixed, rotation pretraining"])  # fine-tuning's
@@ -231,7 +242,7 @@ def test_unfinished_study_still_reports(tmp_path):
     from ablation.rundir import read_rows
 
     study = tmp_path / "tiny"
-    shutil.copytree(FIXTURE, study)
+    protocol_copy(study)
     trial_path(study, "ft-pretrained-f4-s1").unlink()
     cut = trial_path(study, "ft-random-f0-s0")
     cut.write_text(cut.read_text().splitlines()[0] + '\n{"epoch": 2, "test_a')  # 1 epoch, then a torn line
@@ -264,7 +275,7 @@ def test_the_trial_table_says_which_code_trained_each_trial_and_what_was_retrain
     from ablation.report import write_report
 
     study = tmp_path / "tiny"
-    shutil.copytree(FIXTURE, study)
+    protocol_copy(study)
     old = json.loads((study / "manifest.json").read_text())["invocations"][0]["code_version"]
     log = trial_path(study, "rot-s0").parent / "trained.log"
     log.write_text(log.read_text() + json.dumps({"epoch": 2, "pid": 1, "time": "t", "code": "9.9+gnew"}) + "\n")
@@ -305,7 +316,7 @@ def test_an_image_folder_copy_of_cifar10_is_compared_with_the_report(tmp_path, t
     from ablation.report import write_report
 
     study = tmp_path / "tiny"
-    shutil.copytree(FIXTURE, study)
+    protocol_copy(study)
     manifest = json.loads((study / "manifest.json").read_text())
     for t in manifest["trials"].values():
         t["config"].update(dataset="imagefolder", data_dir="/data/cifar10-jpeg")
@@ -315,7 +326,7 @@ def test_an_image_folder_copy_of_cifar10_is_compared_with_the_report(tmp_path, t
         "image_shape": [3, 32, 32], "task": task}
     (study / "manifest.json").write_text(json.dumps(manifest))
     text = write_report(study).read_text()
-    assert ("- Data: imagefolder /data/cifar10-jpeg" + (" = cifar10" if comparable else "")
+    assert ("- Data: imagefolder cifar10-jpeg" + (" = cifar10" if comparable else "")
             + ": 50,000 train / 10,000 test images, 10 classes, 3x32x32 (data fingerprint " + fingerprint) in text
     assert f"Setup: task {task}, epochs 2." in text and ("data, not cifar10" not in text) == comparable
     assert "; here: " + "imagefolder data, not cifar10; " * (not comparable) + "192 training images" in text
@@ -328,7 +339,7 @@ def test_a_key_the_report_never_heard_of_keeps_its_cells_apart(tmp_path):
     from ablation.report import write_report
 
     study = tmp_path / "tiny"
-    shutil.copytree(FIXTURE, study)
+    protocol_copy(study)
     relabel(study, momentum=0.8)
     text = write_report(study).read_text()
     tables, raw = study / "report" / "tables", raw_trials(study)
@@ -350,7 +361,7 @@ def test_label_and_freeze_axes_get_log_and_linear_figures(tmp_path):
     from ablation.report import write_report
 
     study = tmp_path / "tiny"
-    shutil.copytree(FIXTURE, study)
+    protocol_copy(study)
     relabel(study, labels_per_class=10)
     text = write_report(study).read_text()
     rows = read_csv(study / "report" / "tables" / "finetune_cells.csv")
@@ -367,7 +378,7 @@ def test_axes_of_words_and_booleans_get_their_columns_and_figures(tmp_path):
     from ablation.report import write_report
 
     study = tmp_path / "tiny"
-    shutil.copytree(FIXTURE, study)
+    protocol_copy(study)
     axes = {"schedule": ("cosine", "step"), "nesterov": (True, False), "stem": ("cifar", "imagenet")}
     relabel(study, **{key: value for key, (value, _) in axes.items()})
     write_report(study)
@@ -564,7 +575,7 @@ def test_a_rebuilt_report_keeps_no_table_or_figure_of_an_older_spec(tmp_path):
     from ablation.report import write_report
 
     study = tmp_path / "tiny"
-    shutil.copytree(FIXTURE, study)
+    protocol_copy(study)
     write_report(study)
     stale = [study / "report" / "tables" / "accuracy_by_lr.md", study / "report" / "figures" / "accuracy_by_lr.png"]
     for path in stale:  # what a spec with an lr axis left, before the axis was dropped
@@ -580,7 +591,7 @@ def test_a_report_whose_swap_fails_leaves_the_old_one_in_place(tmp_path, monkeyp
     from ablation.report import write_report
 
     study = tmp_path / "tiny"
-    shutil.copytree(FIXTURE, study)
+    protocol_copy(study)
     write_report(study)
     before = (study / "report" / "report.md").read_text()
     rename = os.rename
@@ -595,3 +606,34 @@ def test_a_report_whose_swap_fails_leaves_the_old_one_in_place(tmp_path, monkeyp
         write_report(study)
     assert (study / "report" / "report.md").read_text() == before
     assert not [p.name for p in study.iterdir() if p.name.startswith(".report")]
+
+
+@pytest.mark.parametrize("key, value", [("label_smoothing", 0.1), ("batch_size", 64), ("schedule", "cosine"),
+                                        ("nesterov", True), ("augment", "off"), ("rotation_mode", "all4"),
+                                        ("pretrain.augment", "off"), ("lr", 0.1)])
+def test_a_cell_off_the_reports_protocol_gets_none_of_its_numbers(key, value):
+    """Comparability was a hand list of five keys: a study that changed label_smoothing, batch_size, schedule,
+    nesterov, augment or rotation_mode was still put beside the report's numbers."""
+    from ablation.report import reference
+
+    cell = {"freeze": 0, "init": "pretrained", **reference.protocol()}
+    assert reference.finetune_best_acc(cell) == 67.94
+    assert math.isnan(reference.finetune_best_acc({**cell, key: value}))
+    assert math.isnan(reference.rotation_best_acc({**cell, key: value}))
+    assert reference.finetune_best_acc({**cell, key: float("nan")}) == 67.94  # trials from before the key existed
+
+
+def test_a_trial_key_added_later_is_part_of_the_reports_protocol(monkeypatch):
+    """Derived from every trial key: a key added to TrialConfig is never silently comparable off its default."""
+    import dataclasses
+
+    from ablation.config import TrialConfig
+    from ablation.report import reference
+
+    added = dataclasses.field(default=0.0)
+    added.name = "mixup_alpha"
+    known = TrialConfig.fields()
+    monkeypatch.setattr(TrialConfig, "fields", classmethod(lambda cls: {**known, "mixup_alpha": added}))
+    cell = {"freeze": 4, "init": "random"}
+    assert reference.finetune_best_acc({**cell, "mixup_alpha": 0.0}) == 45.82
+    assert math.isnan(reference.finetune_best_acc({**cell, "mixup_alpha": 0.2}))

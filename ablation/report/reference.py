@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..config import TrialConfig
+
 REPORT_DATASET = "cifar10"
 REPORT_STEM = "imagenet"
 REPORT_FINETUNE_EPOCHS = 20
@@ -25,14 +27,30 @@ FINETUNE_BEST_ACC = {  # (freeze, init) -> percent
 }
 
 
-# The report's fixed hyperparameters: a cell that changes one of them is not the report's cell. Its data and
-# epochs are not checked here: departures() says when a study used other or fewer data or epochs (the demo).
-PROTOCOL = {"stem": REPORT_STEM, "labels_per_class": 0, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
+# Trial keys that are not the report's protocol: what its tables vary (stage, init, freeze, seed), its data and
+# length (departures() says when a study used other or fewer data or epochs: context, not a different cell),
+# and how a run executes (where files are, device, numerics, evaluation batches).
+NOT_PROTOCOL = {"stage", "init", "freeze", "seed", "dataset", "data_dir", "cache_dir", "pretrained_from",
+                "train_subset", "test_subset", "val_split", "data_seed", "epochs", "device", "precision",
+                "channels_last", "compile", "eval_batch_size"}
+
+
+def protocol() -> dict[str, Any]:
+    """The report's protocol: every other trial key at its default (the defaults are the report's setup,
+    config.py). Derived, not listed: a key added later is part of it, so a cell that changes it is never
+    silently called the report's."""
+    return {k: f.default for k, f in TrialConfig.fields().items() if k not in NOT_PROTOCOL}
 
 
 def comparable(cell: dict[str, Any]) -> bool:
-    """The cell's trials share the report's fixed hyperparameters (keys absent from the cell are not checked)."""
-    return all(cell.get(k, v) == v for k, v in PROTOCOL.items())
+    """Every protocol key the cell's trials share, and their pretraining run's (pretrain.<key>), is at the
+    report's value; a key absent (NaN: trials from before it existed) ran at its default."""
+    for key, value in protocol().items():
+        for column in (key, f"pretrain.{key}"):
+            got = cell.get(column)
+            if got is not None and not (isinstance(got, float) and math.isnan(got)) and got != value:
+                return False
+    return True
 
 
 def departures(cfg: dict[str, Any]) -> list[str]:
