@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..config import LOCATION_KEYS, TrialConfig, data_source
 from ..study import FINISHED, data_sources, read_manifest, trial_records, with_ends
+from . import reference
 from .checks import trial_checks
 
 CONFIG_KEYS = [k for k in TrialConfig.fields() if k not in LOCATION_KEYS]
@@ -29,7 +30,7 @@ EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_
               # what the checks read (checks.py), so that a reader of the tables can redo them
               "pretrained_digest": "loaded_digest", "backbone_digest": "backbone_digest",
               "frozen_intact": "frozen_intact"}
-SUMMARY = ["task", "state", "damage", "current", "finished", "epochs_done", "trained", "retrained", "code",
+SUMMARY = ["task", "protocol", "state", "damage", "current", "finished", "epochs_done", "trained", "retrained", "code",
            "final_test_acc", "best_test_acc", "best_epoch", "lowest_test_loss", "wall_time_s", "pretrained_digest", "ran_on",
            "best_val_epoch", "test_acc_at_best_val", "best_val_acc", "depends_on", "backbone_digest", "checks"]
 ROLE = ["search", "chosen", "tuned"]  # a tune block's search cell, chosen cell, searched keys ("" for none)
@@ -75,9 +76,11 @@ def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFr
 
     trial_rows, epoch_rows, columns = [], [], {"trial": None, "key": None, **dict.fromkeys(CONFIG_KEYS)}
     for r in records:
-        base = {"trial": r["name"], "key": r["key"], **_config_columns(r, by_key)}
+        config = _config_columns(r, by_key)
+        base = {"trial": r["name"], "key": r["key"], **config}
         columns.update(dict.fromkeys(base))
-        trial_rows.append({**base, "task": task(r["config"]), "state": r["state"], "damage": r["damage"],
+        trial_rows.append({**base, "task": task(r["config"]), "protocol": reference.comparable(config),
+                           "state": r["state"], "damage": r["damage"],
                            "current": r["current"],
                            "finished": r["state"] == FINISHED,
                            "trained": r["trained"], "code": ", ".join(r["code"]), **_summary(r),

@@ -44,7 +44,11 @@ def protocol() -> dict[str, Any]:
 
 def comparable(cell: dict[str, Any]) -> bool:
     """Every protocol key the cell's trials share, and their pretraining run's (pretrain.<key>), is at the
-    report's value; a key absent (NaN: trials from before it existed) ran at its default."""
+    report's value; a key absent (NaN: trials from before it existed) ran at its default. A cell of the report's
+    tables also says whether each of its trials' whole config was ("protocol", frames.py): constant pretrain.<key>
+    columns are left out of the frame, so its own keys cannot tell."""
+    if cell.get("protocol") is False:
+        return False
     for key, value in protocol().items():
         for column in (key, f"pretrain.{key}"):
             got = cell.get(column)

@@ -85,9 +85,12 @@ def metric_columns(metric: Metric, iv: Interval, cell: dict) -> dict:
 
 
 def _shared(rows: pd.DataFrame) -> dict:
-    """The config values every one of these trials has (what the report's reference lookup reads)."""
-    first = rows.iloc[0]
-    return {k: first[k] for k in rows.columns if rows[k].astype(str).nunique() == 1}
+    """The config values every one of these trials that has the key has (what the report's reference lookup
+    reads): pretrain.<key> holds only for the pretrained half of an effect's pairs, and still decides it."""
+    shared = {k: values.iloc[0] for k in rows.columns if (values := rows[k].dropna()).astype(str).nunique() == 1}
+    if "protocol" in rows:  # each trial's whole config, its pretraining's included, is the report's (frames.py)
+        shared["protocol"] = bool(rows["protocol"].all())
+    return shared
 
 
 def summarize(trials: pd.DataFrame, keys: list[str], metrics: list[Metric]) -> pd.DataFrame:
