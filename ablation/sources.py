@@ -28,7 +28,7 @@ from .atomic import write_atomic
 from .config import TrialConfig, UserError, unwritable
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-CIFAR_JPEG_HINT = "dataset=imagefolder data_dir=<unzipped ../shared/data/cifar10-jpeg or the folder with its zips>"
+CIFAR_JPEG_HINT = "dataset=imagefolder data_dir=<the CIFAR-10 JPEG copy: the unzipped folder or the folder with its zips>"
 
 
 class DataError(UserError):

@@ -1,4 +1,4 @@
-"""Shared fixtures: real Fashion-MNIST subsets (Debian's dataset-fashion-mnist) and one Ray per session."""
+"""Shared fixtures: real Fashion-MNIST subsets (Debian's dataset-fashion-mnist) and one Ray per test run."""
 
 from __future__ import annotations
 

@@ -187,7 +187,7 @@ def test_the_loader_reads_the_cifar10_jpeg_copy_as_cifar10_with_the_readmes_fing
     root = next((d for d in CIFAR_JPEG if (d / "train.zip").exists()), None)
     if root is None:
         pytest.skip("the CIFAR-10 JPEG copy is not on this machine")
-    monkeypatch.setattr(D, "_FULL", {})  # do not keep 180 MB of pixels for the rest of the session
+    monkeypatch.setattr(D, "_FULL", {})  # do not keep 180 MB of pixels for the rest of the test run
     cfg = tiny(dataset="imagefolder", data_dir=str(root), cache_dir=str(tmp_path / "cache"))
     assert D.describe("imagefolder", D.full_data(cfg)) == {
         "fingerprint": "eec90e10bd2f5438", "train_images": 50_000, "test_images": 10_000,

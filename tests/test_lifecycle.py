@@ -48,7 +48,7 @@ def grid_study(tmp_path_factory, ray_session):
 
 
 def run(*args: str) -> tuple[int, str, str]:
-    """`ablation ARGS` in this process (status, report, and sweeps on this session's Ray): code, out, err."""
+    """`ablation ARGS` in this process (status, report, and sweeps on the test run's Ray): code, out, err."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(list(args))

@@ -251,7 +251,7 @@ def test_gpu_request_on_a_cpu_machine_runs_on_cpu_after_one_warning(tmp_path, ra
 
 
 def test_more_cpus_per_trial_than_a_node_has_is_refused_before_anything_is_written(tmp_path, ray_session):
-    """Tune would keep every trial pending, silently (the test session's Ray has 2 CPUs)."""
+    """Tune would keep every trial pending, silently (the test run's Ray has 2 CPUs)."""
     spec = write_spec(tmp_path / "c.yaml", name="big", resources={"cpu": 3, "gpu": 0})
     with pytest.raises(UserError, match=r"resources.cpu=3 per trial, but the largest Ray node has 2 CPUs, so no "
                                         r"trial could start; ask for at most resources=\{cpu: 2\}"):
@@ -313,7 +313,7 @@ def test_ctrl_c_stops_a_study_whose_fine_tunes_wait_and_the_same_command_resumes
     stopped, kept = trained_by_trial(study, True), len(rows_by_trial(study)["rot-s0"])
     assert 1 <= stopped["rot-s0"] < 4 and not any(n for t, n in stopped.items() if t != "rot-s0")
 
-    one_slot = {"resources": "{cpu: 2, gpu: 0}"}  # the session's Ray has 2 CPUs: one slot again
+    one_slot = {"resources": "{cpu: 2, gpu: 0}"}  # the test run's Ray has 2 CPUs: one slot again
     assert run_study(str(spec), storage=str(tmp_path), overrides=one_slot) == 0
     assert {s["state"] for s in trial_states(study)} == {"finished"}
     assert trained_by_trial(study)["rot-s0"] == stopped["rot-s0"] + 4 - kept  # from its checkpoint: only the rest

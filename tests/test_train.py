@@ -17,7 +17,7 @@ from conftest import tiny
 
 
 def _states(cfg, data, resume=None):
-    """Train on tiny()'s Fashion-MNIST subset, loaded once per session (the `fashion` fixture)."""
+    """Train on tiny()'s Fashion-MNIST subset, loaded once per test run (the `fashion` fixture)."""
     states = []
     history = train(cfg, lambda row, state: states.append(state), resume=resume, data=data)
     return history, states
