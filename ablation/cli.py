@@ -65,21 +65,9 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
-    from .store import child, is_uri, remove_tree, upload
+    from .report import report_study
 
-    study = local_study(args.study)
-    target = Path(args.out).expanduser() if args.out else None
-    if (target or not is_uri(args.study)) and (problem := unwritable((target or study / "report").parent)):
-        raise UserError(f"cannot write the report {'to ' + args.out if args.out else 'into the study'}: {problem}; "
-                        f"give --out DIR, a folder you can write")
-    out = write_report(study, target)
-    if is_uri(args.study) and not target:  # the old tree removed, then the new one uploaded (if that fails, rerun)
-        remove_tree(child(args.study, "report"))
-        upload(out.parent, str(child(args.study, "report")))
-        print(f"wrote {child(args.study, 'report', out.name)} (local copy: {out})")
-    else:
-        print(f"wrote {out}")
+    print(report_study(args.study, local_study(args.study), Path(args.out).expanduser() if args.out else None))
     return 0
 
 

@@ -19,12 +19,13 @@ from ray.tune import Callback
 
 from . import store
 from .console import say
+from .schedule import trial_param
 from .store import Location
 from .study import LOG_EVERY, LOG_UPLOAD_EVERY, STARTED, clock
 
 
 def _name(trial) -> str:
-    return trial.config["trial"]["name"]
+    return trial_param(trial)["name"]
 
 
 def _error(trial) -> str:

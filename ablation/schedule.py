@@ -13,13 +13,30 @@ and `SearchScheduler` runs Tune's ASHA over each cell's search trials.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, TypedDict
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from .spec import Trial
 from .tuning import TuneBlock
+
+
+class TrialParam(TypedDict):
+    """What Tune hands a trial as its config, under "trial": built by the driver (sweep.py), read by the
+    trainable, the progress callback, SearchScheduler and the driver at the end. One definition, one reader."""
+    key: str
+    name: str
+    config: dict[str, Any]  # TrialConfig.to_dict()
+    dir: str  # the trial's run dir in the study
+    cpu: float
+    gpu: float
+    search: str  # the cell whose search it belongs to, "" for none
+
+
+def trial_param(trial: Any) -> TrialParam:
+    """The TrialParam of a Tune trial, a Tune result (both have .config) or the config dict itself."""
+    return getattr(trial, "config", trial)["trial"]
 
 
 def work(trial: Trial) -> float:
@@ -64,7 +81,7 @@ class DependencySearcher(Searcher):
             trial = max(ready, key=work)  # the first of equal estimates: plan order
             self._waiting.remove(trial)
             self._running[trial_id] = trial
-            return {"trial": self._param(trial)}
+            return {"trial": self._param(trial)}  # read back by trial_param()
         if self._waiting and not self._running:  # what waits can no longer start: say why, do not hang
             for trial in list(self._waiting):
                 self._skip(trial, "its rotation trial did not finish in this invocation")
@@ -104,10 +121,6 @@ class DependencySearcher(Searcher):
             known = {t.key for t in self._waiting} | {t.key for t in self._running.values()}
             self._waiting += [t for t in self._expand(cell, self.failed | set(self.skipped))
                               if t.key not in self._finished and t.key not in known]
-
-    @property
-    def pending(self) -> int:
-        return len(self._waiting)
 
     def save(self, checkpoint_path: str) -> None:  # nothing to save (see the module docstring); Tune asks anyway
         open(checkpoint_path, "w").close()
@@ -152,8 +165,8 @@ class SearchScheduler(FIFOScheduler):
         return asha.on_trial_result(None, _Key(key), result)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        param = trial.config["trial"]
-        if not param.get("search") or result.get("epoch", 0) >= result.get("epochs", 0):
+        param = trial_param(trial)
+        if not param["search"] or result.get("epoch", 0) >= result.get("epochs", 0):
             return TrialScheduler.CONTINUE
         action = self._decide(param["search"], param["key"], result)
         if action == TrialScheduler.STOP:

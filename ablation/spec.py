@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from . import store
-from .config import LOCATION_KEYS, ConfigError, TrialConfig, coerce, unknown_key_message
+from .config import LOCATION_KEYS, ConfigError, TrialConfig, coerce, read_yaml, unknown_key_message
 from .store import Location
 from .tuning import TuneBlock, configurations, parse_tune
 
@@ -342,3 +344,28 @@ def _check_unique(spec: Spec, trials: list[Trial]) -> None:
 def trial_dir(study_dir: Location, trial: Trial) -> Location:
     return store.child(study_dir, TRIALS_DIR, trial.dirname)
 
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
+    """`seeds=[0,1]`, `finetune.epochs=3` or `axes={finetune.weight_decay: [0.0005, 0.005]}`: values are YAML,
+    dotted keys reach into a block; an `axes` mapping is merged into the spec's own axes."""
+    raw = json.loads(json.dumps(raw))
+    for key, text in overrides.items():
+        try:
+            value = yaml.safe_load(text) if text else text
+        except yaml.YAMLError:
+            raise ConfigError(f"override {key}={text}: not a YAML value (quote it, e.g. '{key}=[0, 1]')") from None
+        if key == "axes" and isinstance(value, dict) and isinstance(raw.get("axes"), dict):
+            raw["axes"] = {**raw["axes"], **value}
+            continue
+        *blocks, leaf = key.split(".")
+        target = raw
+        for block in blocks:
+            target = target.setdefault(block, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {key}: '{block}' is not a block of the spec")
+        target[leaf] = value
+    return raw
+
+
+def load_spec(path: str, overrides: dict[str, str] | None = None) -> Spec:
+    return parse_spec(apply_overrides(read_yaml(path), overrides or {}), where=path, base=Path.cwd())

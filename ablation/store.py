@@ -102,16 +102,6 @@ def create_new(location: Location, text: str) -> bool:
         tmp.unlink()
 
 
-def append_line(location: Location, line: str) -> None:
-    """Append-only log; object storage has no append, so there it is read and written back whole."""
-    if not is_uri(location):
-        Path(location).parent.mkdir(parents=True, exist_ok=True)
-        with open(location, "a") as fh:
-            fh.write(line + "\n")
-        return
-    write_file(location, (read_file(location) or "") + line + "\n")
-
-
 def remove_file(location: Location) -> None:
     if not is_uri(location):
         Path(location).unlink(missing_ok=True)

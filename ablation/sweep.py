@@ -12,22 +12,18 @@ each cell's search runs first and its chosen configuration is planned when the s
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from . import provenance, store, study
-from .config import ConfigError, UserError, read_yaml, unwritable
+from .config import UserError, unwritable
 from .console import say
 from .rundir import mark_stopped, read_rows
-from .spec import Spec, Trial, parse_spec, plan, trial_dir
+from .spec import Spec, Trial, load_spec, plan, trial_dir
 from .states import DONE
 from .store import Location
 from .tuning import choose
@@ -35,32 +31,6 @@ from .tuning import choose
 
 def warn(msg: str) -> None:
     print(f"ablation: warning: {msg}", file=sys.stderr, flush=True)
-
-
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
-    """`seeds=[0,1]`, `finetune.epochs=3` or `axes={finetune.weight_decay: [0.0005, 0.005]}`: values are YAML,
-    dotted keys reach into a block; an `axes` mapping is merged into the spec's own axes."""
-    raw = json.loads(json.dumps(raw))
-    for key, text in overrides.items():
-        try:
-            value = yaml.safe_load(text) if text else text
-        except yaml.YAMLError:
-            raise ConfigError(f"override {key}={text}: not a YAML value (quote it, e.g. '{key}=[0, 1]')") from None
-        if key == "axes" and isinstance(value, dict) and isinstance(raw.get("axes"), dict):
-            raw["axes"] = {**raw["axes"], **value}
-            continue
-        *blocks, leaf = key.split(".")
-        target = raw
-        for block in blocks:
-            target = target.setdefault(block, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"override {key}: '{block}' is not a block of the spec")
-        target[leaf] = value
-    return raw
-
-
-def load_spec(path: str, overrides: dict[str, str] | None = None) -> Spec:
-    return parse_spec(apply_overrides(read_yaml(path), overrides or {}), where=path, base=Path.cwd())
 
 
 def run_study(spec_path: str, storage: str = "results/studies", address: str | None = None, fresh: bool = False,
@@ -333,7 +303,7 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
     from ray import tune
 
     from .progress import Progress
-    from .schedule import DependencySearcher, SearchScheduler, work
+    from .schedule import DependencySearcher, SearchScheduler, TrialParam, trial_param, work
     from .trainable import run_trial
 
     if not store.is_uri(study_dir):
@@ -371,9 +341,9 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
         mark_stopped(trial_dir(study_dir, by_key[key]), epoch, "asha")
 
     by_key = {t.key: t for t in trials}
-    searcher = DependencySearcher(trials, done, lambda t: {
-        "key": t.key, "name": t.name, "config": t.config.to_dict(), "dir": str(trial_dir(study_dir, t)),
-        "cpu": spec.cpu, "gpu": gpu, "search": t.search}, searching, expand, stopped_keys,
+    searcher = DependencySearcher(trials, done, lambda t: TrialParam(
+        key=t.key, name=t.name, config=t.config.to_dict(), dir=str(trial_dir(study_dir, t)), cpu=spec.cpu, gpu=gpu,
+        search=t.search), searching, expand, stopped_keys,
         lambda t, why: progress.skip(t.name, why))
     scheduler = None
     if spec.tune and spec.tune.scheduler == "asha":
@@ -392,7 +362,7 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
     STOP_SIGNAL.seen = False
     with _pending_trials(slots), _sigint_restored():
         results = tuner.fit()
-    failed = {r.config["trial"]["key"]: f"{r.path}/error.txt" for r in results if r.error}
+    failed = {trial_param(r)["key"]: f"{r.path}/error.txt" for r in results if r.error}
     return failed, searcher.skipped, STOP_SIGNAL.seen
 
 
@@ -475,4 +445,6 @@ def tracker_callbacks(names: list[str], study_name: str) -> list:
 
 
 def _trial_name(trial) -> str:
-    return trial.config["trial"]["name"]
+    from .schedule import trial_param  # ray: only once a sweep runs
+
+    return trial_param(trial)["name"]

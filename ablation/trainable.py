@@ -17,11 +17,12 @@ from ray import tune
 from . import store
 from .config import TrialConfig
 from .rundir import run
+from .schedule import trial_param
 
 
 def run_trial(param: dict[str, Any]) -> None:
-    """param["trial"] = {"key", "name", "config" (TrialConfig dict), "dir" (the trial's run dir), "cpu", "gpu"}."""
-    trial = param["trial"]
+    """param: what the driver's searcher suggested (schedule.TrialParam under "trial")."""
+    trial = trial_param(param)
     cfg = TrialConfig.from_dict(trial["config"])
     if trial.get("cpu"):  # as many threads as CPUs granted: an OMP_NUM_THREADS inherited from the driver's shell
         import torch  # (Ray keeps it) would make the trials on a node oversubscribe its cores (4x slower here)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ablation import study
 from ablation.provenance import code_version
-from ablation.sweep import load_spec
+from ablation.spec import load_spec
 
 
 def cpu_name() -> str:

@@ -180,7 +180,7 @@ def spec_dir(tmp_path_factory) -> Path:
 
 
 def check_load_spec(path: Path, overrides: dict[str, str]) -> None:
-    from ablation.sweep import load_spec
+    from ablation.spec import load_spec
 
     try:
         load_spec(str(path), overrides)

@@ -11,7 +11,7 @@ import yaml
 
 from ablation.config import ConfigError, TrialConfig
 from ablation.spec import FINETUNE, PRETRAIN, parse_spec, plan
-from ablation.sweep import load_spec
+from ablation.spec import load_spec
 from ablation.tuning import configurations
 
 SPECS = sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml"))

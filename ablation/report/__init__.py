@@ -9,17 +9,17 @@ written on any machine that holds the study's files, while the sweep runs elsewh
     reference  the original report's numbers
     tables     numeric summary tables;  render: their Markdown / LaTeX text
     figures    PNG + SVG figures;        findings: header and sentences of report.md
-    build      write_report: everything under <study>/report/
+    build      write_report: everything under <study>/report/ (report_study: `ablation report`, URIs too)
 """
 
-__all__ = ["write_report"]
+__all__ = ["report_study", "write_report"]
 
 
 def __getattr__(name: str):
-    """write_report on first use: `ablation.report.reference` alone (scripts/report_protocol.sh on a box with
+    """write_report and report_study on first use: `ablation.report.reference` alone (scripts/report_protocol.sh on a box with
     torch but no pandas or seaborn) must not import the plotting stack."""
-    if name == "write_report":
-        from .build import write_report
+    if name in __all__:
+        from . import build
 
-        return write_report
+        return getattr(build, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -103,6 +103,24 @@ def write_report(study_dir: Path, out: Path | None = None) -> Path:
     return report / "report.md"
 
 
+def report_study(location: str, study: Path, out: Path | None = None) -> str:
+    """`ablation report`: write the report of the study at `location` (a path or a URI; `study` is its local
+    folder, for a URI a copy) into out, or into the study: for a URI the old report/ there is removed and the
+    new one uploaded (if that fails, rerun it). Returns the line saying where it went."""
+    from ..config import UserError, unwritable
+    from ..store import child, is_uri, remove_tree, upload
+
+    if (out or not is_uri(location)) and (problem := unwritable((out or study / "report").parent)):
+        raise UserError(f"cannot write the report {f'to {out}' if out else 'into the study'}: {problem}; "
+                        f"give --out DIR, a folder you can write")
+    written = write_report(study, out)
+    if not is_uri(location) or out:
+        return f"wrote {written}"
+    remove_tree(child(location, "report"))
+    upload(written.parent, str(child(location, "report")))
+    return f"wrote {child(location, 'report', written.name)} (local copy: {written})"
+
+
 def _build(manifest: dict, epochs: pd.DataFrame, trials: pd.DataFrame, out: Path) -> None:
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
