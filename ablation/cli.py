@@ -12,12 +12,14 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import TrialConfig, UserError, defaults_table, parse_overrides, read_yaml, unwritable
+from .errors import UserError
+from .storage.files import read_yaml, unwritable
+from .trial.config import TrialConfig, defaults_table, parse_overrides
 
 
 def cmd_train(args) -> int:
     values = read_yaml(args.config) if args.config else {}
-    from .spec import SPEC_KEYS
+    from .study.spec import SPEC_KEYS
 
     if study_keys := sorted(k for k in values if k in SPEC_KEYS and k not in TrialConfig.fields()):
         raise UserError(f"{args.config} is a study spec ({', '.join(study_keys)}: keys of a study, not of one run); "
@@ -27,13 +29,13 @@ def cmd_train(args) -> int:
     if not args.out:  # checked after the config, so a bad key is named even when --out is missing too
         raise UserError("train needs --out DIR (the run directory for metrics.csv and checkpoints; "
                         "rerun with the same --out to resume)")
-    from .store import is_uri
+    from .storage.store import is_uri
 
     if not is_uri(args.out):  # a URI run dir is staged locally and pushed; its store answers for itself
         problem = unwritable(args.out)
         if problem:  # before any data loading: not a traceback after the first epoch
             raise UserError(f"--out {args.out}: {problem}; choose another --out")
-    from .rundir import run  # torch is imported only once the config is known to be good
+    from .trial.rundir import run  # torch is imported only once the config is known to be good
 
     out = args.out if is_uri(args.out) else Path(args.out)  # Path("s3://b/x") would be the local s3:/b/x
     run(cfg, out, log=lambda msg: print(msg, flush=True))
@@ -42,7 +44,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import run_study
+    from .driver.sweep import run_study
 
     return run_study(args.spec, storage=args.storage, address=args.address, fresh=args.fresh,
                      overrides=parse_overrides(args.overrides), verbose=args.verbose, callbacks=args.callback)
@@ -50,8 +52,8 @@ def cmd_sweep(args) -> int:
 
 def local_study(location: str) -> Path:
     """The study as a local folder: the path itself, or a copy of a URI study (checked to be one first)."""
-    from .store import is_uri, local_copy
-    from .study import read_manifest
+    from .storage.store import is_uri, local_copy
+    from .study.records import read_manifest
 
     if is_uri(location):
         read_manifest(location)  # not a study: one line naming the URI, and nothing copied
@@ -59,7 +61,7 @@ def local_study(location: str) -> Path:
 
 
 def cmd_status(args) -> int:
-    from .status import print_status
+    from .study.status import print_status
 
     return print_status(local_study(args.study))
 
@@ -72,7 +74,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export
+    from .study.export import export
 
     out = Path(args.out).expanduser()
     if out.is_dir():
@@ -84,7 +86,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import main as bench_main
+    from .trial.bench import main as bench_main
 
     return bench_main(args)
 
@@ -98,7 +100,7 @@ class VersionAction(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         from . import __version__
-        from .provenance import code_version
+        from .storage.provenance import code_version
 
         print(f"ablation {__version__} (code {code_version()})")
         parser.exit(0)

@@ -19,15 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from ablation import study
-from ablation.provenance import code_version
-from ablation.spec import load_spec
+from ablation.storage.provenance import code_version
+from ablation.study import records as study
+from ablation.study.spec import load_spec
 
 
 def cpu_name() -> str:
     import torch
 
-    from ablation.train import device_name
+    from ablation.trial.train import device_name
 
     return device_name(torch.device("cpu"))
 
@@ -48,7 +48,7 @@ def main() -> int:
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
             return proc.returncode
-        from ablation.config import parse_overrides
+        from ablation.trial.config import parse_overrides
 
         study_dir = storage / load_spec(args.spec, parse_overrides(args.overrides)).name
         manifest = study.read_manifest(study_dir)

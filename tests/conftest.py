@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(items):
 
 def tiny(**over):
     """A trial config small enough for a test (ImageNet stem: ~150 images/s on a 2-core CPU)."""
-    from ablation.config import TrialConfig
+    from ablation.trial.config import TrialConfig
 
     base = dict(dataset="fashion-mnist", train_subset=256, test_subset=64, batch_size=64, epochs=2,
                 device="cpu", eval_batch_size=256)
@@ -46,7 +46,7 @@ def tiny(**over):
 
 @pytest.fixture(scope="session")
 def fashion():
-    from ablation import data
+    from ablation.trial import data
 
     return data.load_data(tiny())
 
@@ -73,7 +73,7 @@ REFERENCE = dict(seeds=[0, 1], init=["pretrained", "random"], freeze=[4, 0], tra
 
 @pytest.fixture(scope="session")
 def reference_study(tmp_path_factory, ray_session):
-    from ablation.sweep import run_study
+    from ablation.driver.sweep import run_study
 
     root = tmp_path_factory.mktemp("reference")
     assert run_study(str(write_spec(root / "ref.yaml", name="ref", **REFERENCE)), storage=str(root)) == 0

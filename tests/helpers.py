@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ablation.rundir import read_rows, trained_log
-from ablation.study import trial_records
+from ablation.study.records import trial_records
+from ablation.trial.rundir import read_rows, trained_log
 
 # ------------------------------------------------------------------------------------------ reading a study
 
@@ -54,13 +54,13 @@ def finished_trials(study: Path) -> dict[str, int]:
 
 
 def final_state(study: Path, trial: str) -> dict:
-    from ablation.checkpoint import checkpoint_dirs, load_checkpoint
+    from ablation.trial.checkpoint import checkpoint_dirs, load_checkpoint
 
     return load_checkpoint(checkpoint_dirs(trial_dirs(study)[trial])[0])
 
 
 def backbone_digest(study: Path, trial: str) -> str:
-    from ablation.models import HEAD_KEYS, weights_digest
+    from ablation.trial.models import HEAD_KEYS, weights_digest
 
     return weights_digest({k: v for k, v in final_state(study, trial)["model"].items() if k not in HEAD_KEYS})
 
@@ -68,7 +68,7 @@ def backbone_digest(study: Path, trial: str) -> str:
 def outcome(study: Path) -> dict[str, tuple]:
     """Per trial: its epochs, final metrics and a digest of its final weights: what an interrupted study must
     end with to count as the uninterrupted one."""
-    from ablation.models import weights_digest
+    from ablation.trial.models import weights_digest
 
     out = {}
     for trial, rows in rows_by_trial(study).items():

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import write_spec
 
 
@@ -112,7 +111,7 @@ def test_a_study_with_a_live_driver_is_refused(tmp_path, lock):
 
 
 def test_fresh_on_uri_storage_is_refused_without_touching_the_study(tmp_path):
-    from ablation.spec import load_spec
+    from ablation.study.spec import load_spec
 
     study = tmp_path / "bucket" / "t"
     study.mkdir(parents=True)

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
-from ablation import data as D
-from ablation import sources as S
-from ablation.cli import main
-from ablation.config import ConfigError, TrialConfig
 from conftest import tiny
 from helpers import read_only_dir
+from PIL import Image
+
+from ablation.cli import main
+from ablation.errors import ConfigError
+from ablation.trial import data as D
+from ablation.trial import sources as S
+from ablation.trial.config import TrialConfig
 
 # The CIFAR-10 JPEG copy: $CIFAR10_JPEG, or shared/data/cifar10-jpeg beside the repository (the tests that
 # need it skip without it)
@@ -57,12 +58,12 @@ def jpegs() -> dict[str, list[bytes]]:
 def no_training(monkeypatch):
     """Nothing here may reach a training step: input that is refused must be refused before one (and were a
     refusal lost, the test fails at once instead of training a whole run)."""
-    import ablation.train
+    import ablation.trial.train
 
     def refuse(*_):
         raise AssertionError("a training step ran: the bad input was not refused")
 
-    monkeypatch.setattr(ablation.train, "train_step", refuse)
+    monkeypatch.setattr(ablation.trial.train, "train_step", refuse)
 
 
 def make_tree(root: Path, jpegs, n_train=8, n_test=4) -> Path:
@@ -159,8 +160,8 @@ def test_bench_with_a_batch_larger_than_the_data_is_one_line_not_a_hang(tmp_path
 
 
 def test_an_endless_batch_source_that_is_empty_stops():
-    from ablation.bench import forever
-    from ablation.config import UserError
+    from ablation.errors import UserError
+    from ablation.trial.bench import forever
 
     with pytest.raises(UserError, match="gives no batch"):
         next(forever(lambda: []))
@@ -431,7 +432,7 @@ def test_balanced_subsets_are_the_same_as_before():
 
 def test_version_prints_package_and_code_version():
     from ablation import __version__
-    from ablation.provenance import code_version
+    from ablation.storage.provenance import code_version
 
     proc = subprocess.run([sys.executable, "-m", "ablation.cli", "--version"], capture_output=True, text=True,
                           timeout=60)

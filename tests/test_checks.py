@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import tiny
 
 from ablation.report.checks import failures, trial_checks, warnings
-from conftest import tiny
 
 FIXTURE = Path(__file__).parent / "fixtures" / "study_tiny"
 
@@ -21,7 +21,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "study_tiny"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, fashion):
     """A 2-epoch rotation run and a 2-epoch freeze-4 fine-tune from it, as run dirs (rundir.run)."""
-    from ablation import rundir
+    from ablation.trial import rundir
 
     root = tmp_path_factory.mktemp("runs")
     rot_cfg = tiny(stage="rotation")
@@ -43,7 +43,7 @@ def test_a_pretrained_trial_records_loading_the_weights_its_rotation_run_ended_w
 
 
 def test_a_frozen_fine_tune_records_its_frozen_groups_intact_every_epoch_also_after_resume(runs, fashion):
-    from ablation.train import train
+    from ablation.trial.train import train
 
     cfg, _, ft = runs
     assert [r["frozen_intact"] for r in ft] == [True, True]
@@ -57,7 +57,7 @@ def test_a_frozen_fine_tune_records_its_frozen_groups_intact_every_epoch_also_af
 def test_a_frozen_batchnorm_left_in_train_mode_is_caught(runs, fashion, monkeypatch):
     """The classic bug: model.train() on the whole model moves the frozen groups' BN running statistics
     (their weights get no gradient); the check must see it."""
-    import ablation.train as T
+    import ablation.trial.train as T
 
     cfg, _, _ = runs
     monkeypatch.setattr(T, "set_train_mode", lambda model, freeze: model.train())
@@ -121,7 +121,7 @@ def rewrite_rows(study: Path, name: str, change) -> None:
 
 def test_report_md_warns_at_the_top_for_each_trial_that_failed_a_check(tmp_path):
     from ablation.report import write_report
-    from ablation.rundir import read_rows
+    from ablation.trial.rundir import read_rows
 
     study = tmp_path / "tiny"
     shutil.copytree(FIXTURE, study)

@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from ablation.sweep import run_study
 from conftest import EPOCHS, REFERENCE, write_spec
 from helpers import (AGENTS, assert_resumed_from_checkpoints, finished_trials, kill_driver, outcome, ray_processes,
                      rows_by_trial, start_driver, sweep, trained_by_trial, trial_states, wait_for)
+
+from ablation.driver.sweep import run_study
 
 pytestmark = pytest.mark.slow
 

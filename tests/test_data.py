@@ -7,12 +7,12 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from conftest import tiny
 from PIL import Image
 
-from ablation import data as D
-from ablation import sources as S
-from ablation.config import ConfigError
-from conftest import tiny
+from ablation.errors import ConfigError
+from ablation.trial import data as D
+from ablation.trial import sources as S
 
 
 def test_fashion_mnist_is_real_padded_and_three_channel():
@@ -197,7 +197,7 @@ def test_the_loader_reads_the_cifar10_jpeg_copy_as_cifar10_with_the_readmes_fing
 def test_a_node_without_the_cifar10_batches_says_so_before_the_sweep(tmp_path):
     """The cluster preflight (nodes._look, run on every Ray node) finds CIFAR-10 missing on a node, where
     reading would download it per trial (or fail offline), and passes a node that has the batches."""
-    from ablation.nodes import _look
+    from ablation.driver.nodes import _look
 
     probe = tmp_path / "probe"
     probe.write_text("driver")

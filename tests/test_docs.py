@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ablation.config import defaults_table
+from ablation.trial.config import defaults_table
 
 
 def test_readme_config_table_is_defaults_table():

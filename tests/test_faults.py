@@ -11,11 +11,11 @@ import random
 import time
 
 import pytest
-
-from ablation.checkpoint import checkpoint_dirs
 from conftest import EPOCHS, REFERENCE, write_spec
 from helpers import (assert_resumed_from_checkpoints, finished_trials, kill_driver, outcome, rows_by_trial,
                      start_driver, sweep, trained_by_trial, trained_so_far, trial_dirs, trial_states, wait_for)
+
+from ablation.trial.checkpoint import checkpoint_dirs
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ablation.config import ConfigError, TrialConfig, UserError, parse_overrides
+from ablation.errors import ConfigError, UserError
+from ablation.trial.config import TrialConfig, parse_overrides
 
 FIELDS = TrialConfig.fields()
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
@@ -124,7 +125,7 @@ def test_train_command_line_validates_or_fails_in_one_line_exit_2(words):
     from ablation.cli import main
 
     err, out = io.StringIO(), io.StringIO()
-    with mock.patch("ablation.rundir.run", return_value=[]) as run, contextlib.redirect_stderr(err), \
+    with mock.patch("ablation.trial.rundir.run", return_value=[]) as run, contextlib.redirect_stderr(err), \
             contextlib.redirect_stdout(out):
         try:
             rc = main(["train", *words])
@@ -180,7 +181,7 @@ def spec_dir(tmp_path_factory) -> Path:
 
 
 def check_load_spec(path: Path, overrides: dict[str, str]) -> None:
-    from ablation.spec import load_spec
+    from ablation.study.spec import load_spec
 
     try:
         load_spec(str(path), overrides)

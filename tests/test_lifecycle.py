@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import copy_study, write_spec
+from helpers import kill_driver, start_driver
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from ablation.cli import main
-from ablation.study import read_manifest, trial_records
-from conftest import copy_study, write_spec
-from helpers import kill_driver, start_driver
+from ablation.study.records import read_manifest, trial_records
 
 pytestmark = pytest.mark.slow
 

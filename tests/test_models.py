@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ablation.models import (FREEZE_GROUPS, HEAD_KEYS, apply_freeze, backbone_state, build_model, load_backbone,
-                             trainable_parameter_names)
+from ablation.trial.models import (FREEZE_GROUPS, HEAD_KEYS, apply_freeze, backbone_state, build_model, load_backbone,
+                                   trainable_parameter_names)
 
 
 @pytest.mark.parametrize("stem", ["imagenet", "cifar"])

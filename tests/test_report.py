@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import math
+import re
 import shutil
 import statistics
 import subprocess
@@ -212,7 +212,7 @@ def test_report_md(study):
                    "images (test_subset), not all; 2 fine-tune epochs, not 20. So they are context, not a like-for-like",
                    "Pretraining changes partial fine-tuning (freeze 4)", "paired p = ", "n = 2 seeds"):
         assert needle in text, needle
-    from ablation import provenance
+    from ablation.storage import provenance
 
     assert f"; this report written by {provenance.code_version()}\n" in text  # its tables' code, beside the training's
     fixed = {line.split(":")[0]: line for line in text.splitlines() if line.startswith("- Fixed, ")}
@@ -239,7 +239,7 @@ def trial_path(study: Path, name: str) -> Path:
 
 def test_unfinished_study_still_reports(tmp_path):
     from ablation.report import write_report
-    from ablation.rundir import read_rows
+    from ablation.trial.rundir import read_rows
 
     study = tmp_path / "tiny"
     protocol_copy(study)
@@ -413,7 +413,7 @@ def test_sweep_cost_ends_a_killed_run_at_its_last_logged_line_and_skips_a_study_
 def test_a_killed_invocation_ends_at_its_logs_last_stamp_and_a_live_one_has_no_end(tmp_path):
     import os
 
-    from ablation import study
+    from ablation.study import records as study
 
     manifest = {"invocations": [{"started": "2026-12-01T23:07:32+00:00"}, {"started": "2026-12-02T02:07:57+00:00",
                                                                            "ended": "2026-12-02T02:12:44+00:00"},
@@ -627,8 +627,8 @@ def test_a_trial_key_added_later_is_part_of_the_reports_protocol(monkeypatch):
     """Derived from every trial key: a key added to TrialConfig is never silently comparable off its default."""
     import dataclasses
 
-    from ablation.config import TrialConfig
     from ablation.report import reference
+    from ablation.trial.config import TrialConfig
 
     added = dataclasses.field(default=0.0)
     added.name = "mixup_alpha"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ray.tune.search import Searcher
 
-from ablation.schedule import DependencySearcher
-from ablation.spec import parse_spec, plan
+from ablation.driver.launch import DependencySearcher
+from ablation.study.spec import parse_spec, plan
 
 
 def trials(seeds=(0, 1)):
@@ -70,7 +70,7 @@ class FakeTrial:
 
 
 def test_the_console_gets_a_line_per_event_and_a_summary_the_log_every_epoch(tmp_path, capsys):
-    from ablation.progress import Progress
+    from ablation.driver.progress import Progress
 
     log = tmp_path / "run001.log"
     p = Progress({"rot-s0": (2, 1.0), "ft-random-f0-s0": (1, 1.0)}, log=log, every=0.0)
@@ -97,7 +97,7 @@ def test_the_console_gets_a_line_per_event_and_a_summary_the_log_every_epoch(tmp
 def test_on_a_terminal_the_log_still_gets_the_summary_lines(tmp_path, capsys, monkeypatch):
     """The bar is redrawn in place on a terminal, but the log keeps a stamped summary line every `every`
     seconds: a killed driver's invocation ends at its log's last line (study.last_logged)."""
-    from ablation.progress import Progress
+    from ablation.driver.progress import Progress
 
     monkeypatch.setattr(Progress, "tty", property(lambda self: True))
     log = tmp_path / "run001.log"
@@ -114,9 +114,10 @@ def test_on_a_terminal_the_log_still_gets_the_summary_lines(tmp_path, capsys, mo
 def test_a_log_on_object_storage_is_written_every_few_minutes_not_only_at_the_end(monkeypatch, tmp_path):
     """A killed driver never reaches on_experiment_end: its URI log must already hold lines that date its end
     (study.last_logged) to within UPLOAD_EVERY: written at the first summary, then every UPLOAD_EVERY."""
-    from ablation import progress, study
-    from ablation.progress import Progress
-    from ablation.study import LOG_UPLOAD_EVERY as UPLOAD_EVERY
+    from ablation.driver import progress
+    from ablation.driver.progress import Progress
+    from ablation.study import records as study
+    from ablation.study.records import LOG_UPLOAD_EVERY as UPLOAD_EVERY
 
     now = [1000.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
@@ -141,8 +142,8 @@ def test_a_log_on_object_storage_is_written_every_few_minutes_not_only_at_the_en
 
 def test_a_failed_log_upload_is_a_warning_not_the_end_of_the_sweep(monkeypatch, tmp_path, capsys):
     """Tune lets a callback's exception end the whole run: one failed write to object storage must not."""
-    from ablation import store
-    from ablation.progress import Progress
+    from ablation.driver.progress import Progress
+    from ablation.storage import store
 
     def refuse(*args):
         raise OSError("connection reset")
@@ -158,7 +159,7 @@ def test_a_failed_log_upload_is_a_warning_not_the_end_of_the_sweep(monkeypatch, 
 def test_log_stamps_count_from_the_invocations_start_not_from_the_callbacks(tmp_path):
     """The sweep builds its Progress after planning and Ray's start; study.last_logged adds the stamps to the
     manifest's start, so they must count from there."""
-    from ablation.progress import Progress
+    from ablation.driver.progress import Progress
 
     log = tmp_path / "run001.log"
     p = Progress({"rot-s0": (2, 1.0)}, log=log, elapsed=100.0)
@@ -170,8 +171,8 @@ def test_log_stamps_count_from_the_invocations_start_not_from_the_callbacks(tmp_
 def test_the_eta_rate_ignores_the_set_up_and_counts_down_between_epochs(monkeypatch, tmp_path):
     """An invocation that spent 100 s on set-up (planning, Ray's start) and then 100 s on 1 of 3 equal epochs
     has 200 s left, not 400 s."""
-    from ablation import progress
-    from ablation.progress import Progress
+    from ablation.driver import progress
+    from ablation.driver.progress import Progress
 
     now = [1000.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
@@ -184,7 +185,7 @@ def test_the_eta_rate_ignores_the_set_up_and_counts_down_between_epochs(monkeypa
 
 
 def test_a_trial_stopped_early_is_said_so_and_its_untrained_epochs_leave_the_total(tmp_path, capsys):
-    from ablation.progress import Progress
+    from ablation.driver.progress import Progress
 
     p = Progress({"ft-random-f0-lr=0.1-s0": (4, 1.0), "ft-random-f0-s0": (4, 1.0)}, log=tmp_path / "run001.log",
                  every=0.0)
@@ -201,8 +202,8 @@ def test_a_trial_stopped_early_is_said_so_and_its_untrained_epochs_leave_the_tot
 def test_the_eta_weighs_each_epoch_by_its_trials_cost(monkeypatch, tmp_path):
     """A rotation epoch costs about twice a freeze-4 one: after one rotation epoch in 100 s, 2 rotation and 4
     freeze-4 epochs are left, 2 + 4 x 0.5 = 4 rotation epochs' worth: 400 s (counting epochs alone: 600 s)."""
-    from ablation import progress
-    from ablation.progress import Progress
+    from ablation.driver import progress
+    from ablation.driver.progress import Progress
 
     now = [1000.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
@@ -216,7 +217,7 @@ def test_the_eta_weighs_each_epoch_by_its_trials_cost(monkeypatch, tmp_path):
 
 
 def test_the_longest_ready_trial_starts_first_so_no_slot_idles_at_the_end():
-    from ablation.schedule import work
+    from ablation.driver.launch import work
 
     spec = parse_spec({"name": "s", "dataset": "fashion-mnist", "seeds": [0], "freeze": [4, 0, 5]}, where="t")
     planned = plan(spec, Path("/tmp/s"))
@@ -235,7 +236,7 @@ def test_pending_trials_follow_each_sweeps_slots_and_leave_a_users_setting_alone
     slots must get its own count, and a value the user exported is theirs."""
     import os
 
-    from ablation.sweep import _pending_trials
+    from ablation.driver.sweep import _pending_trials
 
     monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
     for slots, expected in ((4, "4"), (2, "2"), (0.5, "1")):
@@ -251,8 +252,8 @@ def test_pending_trials_follow_each_sweeps_slots_and_leave_a_users_setting_alone
 def test_a_failed_trial_and_the_trials_it_skips_leave_the_epochs_and_the_eta(monkeypatch, tmp_path, capsys):
     """rot-s0 fails after 1 of 3 epochs and its fine-tune is skipped: 2 + 4 epochs will never be trained, so
     they leave the total and the ETA (else it never reaches 0 and a trial stays 'waiting' for ever)."""
-    from ablation import progress
-    from ablation.progress import Progress
+    from ablation.driver import progress
+    from ablation.driver.progress import Progress
 
     now = [1000.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])

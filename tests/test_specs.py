@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ablation.config import ConfigError, TrialConfig
-from ablation.spec import FINETUNE, PRETRAIN, parse_spec, plan
-from ablation.spec import load_spec
-from ablation.tuning import configurations
+from ablation.errors import ConfigError
+from ablation.study.tuning import configurations
+from ablation.study.spec import FINETUNE, PRETRAIN, load_spec, parse_spec, plan
+from ablation.trial.config import TrialConfig
 
 SPECS = sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml"))
 BASE = {"name": "s", "dataset": "fashion-mnist", "seeds": [0, 1]}
@@ -144,8 +144,8 @@ def test_bad_axes_are_one_line_naming_the_key(tmp_path, over, message):
 
 def test_a_key_added_later_at_its_default_leaves_earlier_trial_keys_unchanged():
     """A study made before a key existed is still the same study: its trials are not retrained."""
-    from ablation.config import TrialConfig
-    from ablation.spec import trial_key
+    from ablation.study.spec import trial_key
+    from ablation.trial.config import TrialConfig
 
     cfg = TrialConfig(stage="finetune", epochs=3)
     recorded_before = {k: v for k, v in cfg.to_dict().items() if k != "val_split"}  # as an older run.json has it

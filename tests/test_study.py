@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ablation import study
+from ablation.study import records as study
 
 
 @pytest.mark.parametrize("failed, skipped, unfinished, interrupted, outcome", [
@@ -38,7 +38,7 @@ def test_an_invocations_end_says_what_happened(tmp_path, failed, skipped, unfini
 def test_a_sweep_ends_with_a_line_per_problem_and_its_exit_code(failed, skipped, unfinished, interrupted, says,
                                                                  code):
     """Failures are named even when a Ctrl-C came too; only a stop signal makes an unfinished run a 'stop' (130)."""
-    from ablation.sweep import closing
+    from ablation.driver.sweep import closing
 
     lines, rc = closing("s", "/x/s", failed, skipped, unfinished, interrupted)
     assert rc == code and len(lines) == len(says)

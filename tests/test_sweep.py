@@ -14,15 +14,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import EPOCHS, REFERENCE, copy_study, write_spec
+from helpers import (backbone_digest, rows_by_trial, start_driver, sweep, trained_by_trial, trained_so_far, trial_dirs,
+                     trial_states, wait_for)
 
 from ablation.cli import main
-from ablation.config import UserError
-from ablation.rundir import read_rows, trained_log
-from ablation.sweep import run_study
-from ablation.train import CRASH_AT_EPOCH
-from conftest import EPOCHS, REFERENCE, copy_study, write_spec
-from helpers import (backbone_digest, rows_by_trial, start_driver, sweep, trained_by_trial, trained_so_far,
-                     trial_dirs, trial_states, wait_for)
+from ablation.driver.sweep import run_study
+from ablation.errors import UserError
+from ablation.trial.rundir import read_rows, trained_log
+from ablation.trial.train import CRASH_AT_EPOCH
 
 pytestmark = pytest.mark.slow
 
@@ -88,9 +88,9 @@ def test_each_trial_keeps_its_selection_epochs_weights_and_export_loads_into_pla
     import torch
     import torchvision
 
-    from ablation import data as D
-    from ablation.config import TrialConfig
-    from ablation.rundir import selection_epoch
+    from ablation.trial import data as D
+    from ablation.trial.config import TrialConfig
+    from ablation.trial.rundir import selection_epoch
 
     dirs = trial_dirs(reference_study)
     for trial, d in dirs.items():
@@ -183,8 +183,8 @@ def test_a_trial_failing_every_try_is_a_line_per_try_and_one_crashing_once_resum
     assert "Traceback" not in failed.stdout + failed.stderr
     error = tmp_path / "crash" / "tune" / "run001" / "ft-random-f0-s0" / "error.txt"
     said = f"InjectedFault: {CRASH_AT_EPOCH}=1: injected fault mid-epoch (test switch) (traceback: {error})"
-    assert failed.stdout.count(f"retrying ft-random-f0-s0 from its last finished epoch: ablation.train.{said}") == 1
-    assert failed.stdout.count(f"FAILED   ft-random-f0-s0 after its retries: ablation.train.{said}") == 1
+    assert failed.stdout.count(f"retrying ft-random-f0-s0 from its last finished epoch: ablation.trial.train.{said}") == 1
+    assert failed.stdout.count(f"FAILED   ft-random-f0-s0 after its retries: ablation.trial.train.{said}") == 1
     assert "InjectedFault" in error.read_text()
     assert failed.stderr.splitlines()[-1].startswith("ablation: 1 trial(s) failed after retries: ft-random-f0-s0")
     result = sweep(spec, tmp_path, env={**os.environ, CRASH_AT_EPOCH: "2"})

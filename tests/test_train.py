@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from ablation import provenance, rundir
-from ablation.checkpoint import checkpoint_dirs, load_checkpoint, resolve_pretrained
-from ablation.models import FREEZE_GROUPS, weights_digest
-from ablation.rundir import METRIC_COLUMNS
-from ablation.train import CRASH_AT_EPOCH, InjectedFault, build, train
 from conftest import tiny
+
+from ablation.storage import provenance
+from ablation.trial import rundir
+from ablation.trial.checkpoint import checkpoint_dirs, load_checkpoint, resolve_pretrained
+from ablation.trial.models import FREEZE_GROUPS, weights_digest
+from ablation.trial.rundir import METRIC_COLUMNS
+from ablation.trial.train import CRASH_AT_EPOCH, InjectedFault, build, train
 
 
 def _states(cfg, data, resume=None):
@@ -37,7 +38,8 @@ def test_short_rotation_run_lowers_the_loss_and_writes_metrics(rotation_run):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     lines = (out / "metrics.csv").read_text().splitlines()
     assert lines[0].split(",") == list(METRIC_COLUMNS) and len(lines) == 4
-    assert [d.name for d in checkpoint_dirs(out)] == ["epoch_0003", "epoch_0002"]  # rolling, newest first
+    best = rundir.selection_epoch(history)[0]  # its best test_acc: kept beside the newest two (rolling)
+    assert [d.name for d in checkpoint_dirs(out)] == [f"epoch_{e:04d}" for e in sorted({3, 2, best}, reverse=True)]
 
 
 @pytest.mark.parametrize("freeze", [4, 5])
@@ -97,7 +99,7 @@ def test_run_dir_resumes_after_a_crash_and_refuses_another_config(tmp_path, monk
     logs = []
     history = rundir.run(cfg, tmp_path, log=logs.append)
     assert logs[0] == "resumed from epoch 1 of 2" and [r["epoch"] for r in history] == [1, 2]
-    from ablation.config import ConfigError
+    from ablation.errors import ConfigError
 
     with pytest.raises(ConfigError, match="another config"):
         rundir.run(cfg.replace(lr=0.1), tmp_path, log=lambda _: None)
@@ -110,7 +112,7 @@ def test_a_uri_run_cut_off_while_uploading_its_first_checkpoint_starts_again_on_
     """run.json reaches the store before the checkpoint: a run dir that holds only part of its first upload
     (the weights, not yet their meta.json) is still recognised as this config's (not refused as a stranger's
     folder) and trains from the start."""
-    from ablation import store
+    from ablation.storage import store
 
     upload = store.upload
 
@@ -152,7 +154,7 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):
 
 
 def test_a_validation_split_is_scored_every_epoch_and_kept_out_of_training():
-    from ablation.data import load_data
+    from ablation.trial.data import load_data
 
     cfg = tiny(stage="finetune", epochs=2, val_split=200)
     data = load_data(cfg)
@@ -168,7 +170,7 @@ def test_a_flipped_byte_that_torch_load_would_accept_fails_the_checkpoints_sha25
     meta.json is the check, and torch's setting is left as it was."""
     import torch
 
-    from ablation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from ablation.trial.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
     before = torch.serialization.get_crc32_options()
     state = {"epoch": 1, "epochs": 2, "config": {"stage": "rotation"}, "w": torch.arange(1 << 16, dtype=torch.float32)}
@@ -200,7 +202,7 @@ def test_a_finished_run_whose_metrics_fell_behind_reports_its_last_epoch_and_rep
 
 def test_a_backbone_of_another_stem_is_one_line_naming_pretrained_from(rotation_run, fashion):
     """A ValueError traceback before: the rotation run used the ImageNet stem, this fine-tune the CIFAR one."""
-    from ablation.config import UserError
+    from ablation.errors import UserError
 
     _, out, _ = rotation_run
     cfg = tiny(stage="finetune", init="pretrained", pretrained_from=str(out), stem="cifar", epochs=1)

@@ -9,10 +9,10 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from ablation.config import ConfigError
-from ablation.schedule import DependencySearcher, SearchScheduler
-from ablation.spec import parse_spec, plan
-from ablation.tuning import choose, configurations, parse_tune
+from ablation.driver.launch import DependencySearcher, SearchScheduler
+from ablation.errors import ConfigError
+from ablation.study.spec import parse_spec, plan
+from ablation.study.tuning import choose, configurations, parse_tune
 
 SPACE = {"finetune.lr": "loguniform(0.001, 0.1)", "finetune.weight_decay": [0.0001, 0.0005]}
 
@@ -207,9 +207,9 @@ def test_a_grace_period_not_below_the_epochs_is_refused(grace):
 def test_the_asha_history_of_a_resumed_search_holds_its_done_trials_too(tmp_path):
     import json
 
-    from ablation.rundir import METRICS_FILE
-    from ablation.spec import trial_dir
-    from ablation.sweep import search_history
+    from ablation.driver.sweep import search_history
+    from ablation.study.spec import trial_dir
+    from ablation.trial.rundir import METRICS_FILE
 
     s = spec({"samples": 2, "scheduler": "asha"})
     search = [t for t in plan(s, tmp_path / "s") if t.search]
@@ -223,7 +223,7 @@ def test_the_asha_history_of_a_resumed_search_holds_its_done_trials_too(tmp_path
 
 
 def test_a_cell_searched_again_loses_its_old_choice_in_the_record(tmp_path):
-    from ablation.study import add_trials
+    from ablation.study.records import add_trials
 
     manifest = {"invocations": [{"planned": [], "added": []}], "trials": {},
                 "choices": {"ft-random-f4": {"values": {"lr": 0.1}}, "ft-random-f0": {"values": {"lr": 0.01}}}}

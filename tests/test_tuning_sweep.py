@@ -8,13 +8,13 @@ import subprocess
 import sys
 
 import pytest
-
-from ablation.report import write_report
-from ablation.study import trial_records
-from ablation.sweep import run_study
 from conftest import write_spec
 from helpers import assert_resumed_from_checkpoints, kill_driver, start_driver, trained_by_trial, wait_for
 from test_report import read_csv
+
+from ablation.driver.sweep import run_study
+from ablation.report import write_report
+from ablation.study.records import trial_records
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..atomic import write_atomic
+from ..storage.atomic import write_atomic
 from . import render
 from .checks import NOTE, warnings
 from .figures import write_figures
@@ -107,8 +107,9 @@ def report_study(location: str, study: Path, out: Path | None = None) -> str:
     """`ablation report`: write the report of the study at `location` (a path or a URI; `study` is its local
     folder, for a URI a copy) into out, or into the study: for a URI the old report/ there is removed and the
     new one uploaded (if that fails, rerun it). Returns the line saying where it went."""
-    from ..config import UserError, unwritable
-    from ..store import child, is_uri, remove_tree, upload
+    from ..errors import UserError
+    from ..storage.files import unwritable
+    from ..storage.store import child, is_uri, remove_tree, upload
 
     if (out or not is_uri(location)) and (problem := unwritable((out or study / "report").parent)):
         raise UserError(f"cannot write the report {f'to {out}' if out else 'into the study'}: {problem}; "

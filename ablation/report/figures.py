@@ -20,11 +20,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from ..atomic import write_atomic
+from ..storage.atomic import write_atomic
 from . import render
 from .frames import cell_keys
 from .stats import Interval, t_interval
-from .tables import FINAL, GAP_BEST, GAP_FINAL, INITS, BEST
+from .tables import BEST, FINAL, GAP_BEST, GAP_FINAL, INITS
 
 COLORS = dict(zip(INITS, sns.color_palette("colorblind", len(INITS))))
 METRIC_STYLE = {BEST.column: ("best epoch", "-"), FINAL.column: ("final epoch", "--")}

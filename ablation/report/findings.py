@@ -11,9 +11,10 @@ from typing import Any
 
 import pandas as pd
 
-from .. import provenance, study
-from ..config import dataset_of
-from ..states import STOPPED
+from ..storage import provenance
+from ..study import records
+from ..study.trial_states import STOPPED
+from ..trial.config import dataset_of
 from . import reference
 from .frames import fixed_keys, search_only
 from .render import MISSING, describe, fmt, variants
@@ -47,7 +48,7 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
     settings of each stage, devices and the sweep's cost."""
     runs = manifest.get("invocations", [])
     versions = list(dict.fromkeys(r.get("code_version", "unknown") for r in runs)) or ["unknown"]
-    sources = study.data_sources(manifest)
+    sources = records.data_sources(manifest)
     current = trials[trials["current"]]
     stopped = int((current["state"] == STOPPED).sum())
     datasets = sorted(set(current["dataset"]))
@@ -92,12 +93,12 @@ def header(manifest: dict[str, Any], trials: pd.DataFrame, epochs: pd.DataFrame)
 def sweep_cost(runs: list[dict[str, Any]], trials: pd.DataFrame) -> list[str]:
     """How much of the slots' wall time went into epochs: the rest is Ray, start-up, dependency waits, work
     lost to kills. A driver killed with SIGKILL records no end: its run ends at its log's last line
-    (study.with_ends), or counts 0 s without one; while one still runs there is no figure, since counting the
+    (records.with_ends), or counts 0 s without one; while one still runs there is no figure, since counting the
     epochs against the other runs' wall time alone would overstate the share (above 100%)."""
     epochs = float(trials["wall_time_s"].fillna(0).sum())
     if not runs or not epochs:
         return []
-    cost = study.sweep_cost(runs, epochs, len(trials))
+    cost = records.sweep_cost(runs, epochs, len(trials))
     if cost is None:
         return ["- Sweep cost: not computed: still running"]
     slots = sorted({r.get("slots", 1) for r in runs})
@@ -105,8 +106,8 @@ def sweep_cost(runs: list[dict[str, Any]], trials: pd.DataFrame) -> list[str]:
     killed = sum(1 for r in runs if not r.get("ended")) - undated
     return [f"- Sweep cost: {cost['wall_s'] / 60:.1f} min of wall time over {len(runs)} invocation(s) x "
             f"{'/'.join(f'{s:g}' for s in slots)} parallel slots"
-            + (f" ({killed} killed: each ends at its log's last line: at most {study.LOG_EVERY:.0f} s early, or "
-               f"{(study.LOG_UPLOAD_EVERY + study.LOG_EVERY) / 60:.1f} min for a log on object storage)"
+            + (f" ({killed} killed: each ends at its log's last line: at most {records.LOG_EVERY:.0f} s early, or "
+               f"{(records.LOG_UPLOAD_EVERY + records.LOG_EVERY) / 60:.1f} min for a log on object storage)"
                if killed else "")
             + (f" ({undated} killed before a log line dated its end: counted as 0 s, so the wall time is a lower "
                f"bound and the share in epochs an upper one)" if undated else "")

@@ -1,7 +1,7 @@
 """Study directory -> two tidy frames (one row per trial per epoch, one row per trial) and the cell keys.
 
 Why: every table, figure and finding is computed from these frames. The study's files are read through
-study.py (the one owner of the layout and of trial states); the cells are derived here, from the data: every
+records.py (the one owner of the layout and of trial states); the cells are derived here, from the data: every
 config key that varies across the current spec's trials of a stage, other than the seed, is a cell key.
 A key the report was never taught about still separates cells, so trials of two cells are never pooled as
 if they were seeds. A pretrained fine-tune also carries its rotation trial's config as `pretrain.<key>`, and
@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import LOCATION_KEYS, TrialConfig, data_source
-from ..study import FINISHED, data_sources, read_manifest, trial_records, with_ends
+from ..study.records import FINISHED, data_sources, read_manifest, trial_records, with_ends
+from ..trial.config import LOCATION_KEYS, TrialConfig, data_source
 from . import reference
 from .checks import trial_checks
 

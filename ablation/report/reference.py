@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..config import TrialConfig
+from ..trial.config import TrialConfig
 
 REPORT_DATASET = "cifar10"
 REPORT_STEM = "imagenet"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .study import read_manifest, trial_records
+from .records import read_manifest, trial_records
 
 COLUMNS = ("trial", "key", "state", "epochs", "test_acc", "last on")
 

@@ -3,8 +3,8 @@
 Why: a grid on a GPU box gets interrupted, and grows. Running the same command again, or an edited spec,
 continues the study: trials already finished (same config digest) are reused, interrupted ones continue
 from their own checkpoints (rundir.py), only new configs train. Each invocation is a fresh Tune run, so
-Tune's experiment state never has to match an edited spec; the study directory (study.py) is the record.
-One Tune run per invocation starts each trial once its dependency is done (schedule.py); with a tune block,
+Tune's experiment state never has to match an edited spec; the study directory (records.py) is the record.
+One Tune run per invocation starts each trial once its dependency is done (launch.py); with a tune block,
 each cell's search runs first and its chosen configuration is planned when the search is done (tuning.py).
 <storage> is a local or shared path or a URI (store.py).
 """
@@ -19,14 +19,16 @@ import sys
 import threading
 from pathlib import Path
 
-from . import provenance, store, study
-from .config import UserError, unwritable
+from ..errors import UserError
+from ..storage import provenance, store
+from ..storage.files import unwritable
+from ..storage.store import Location
+from ..study import records
+from ..study.spec import Spec, Trial, load_spec, plan, trial_dir
+from ..study.trial_states import DONE
+from ..study.tuning import choose
+from ..trial.rundir import mark_stopped, read_rows
 from .console import say
-from .rundir import mark_stopped, read_rows
-from .spec import Spec, Trial, load_spec, plan, trial_dir
-from .states import DONE
-from .store import Location
-from .tuning import choose
 
 
 def warn(msg: str) -> None:
@@ -41,12 +43,12 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     trackers = tracker_callbacks(callbacks, spec.name)  # a missing package fails before any work
     address = resolve_address(address)
     study_dir = store.child(storage if store.is_uri(storage) else Path(storage).expanduser().resolve(), spec.name)
-    old = study.check_claim(study_dir, fresh)
+    old = records.check_claim(study_dir, fresh)
     trials, choices = plan_study(spec, study_dir, fresh=fresh)
-    from .data import preflight  # torch: only once the spec is known to be good
+    from ..trial.data import preflight  # torch: only once the spec is known to be good
 
     data = preflight([t.config for t in trials])  # missing data fails before anything is written
-    study.check_data(study_dir, old, data)
+    records.check_data(study_dir, old, data)
     gpu, slots = _start_ray(address, spec, verbose)
     with _stop_signals() as stop:  # after ray.init, which installs handlers of its own
         code = _sweep(spec, spec_path, study_dir, old, trials, choices, data, fresh, address, gpu, slots, verbose,
@@ -62,15 +64,15 @@ def _sweep(spec: Spec, spec_path: str, study_dir: Location, old, trials: list[Tr
 
         check_nodes(Path(study_dir).parent, [t.config for t in trials])
     if fresh and store.exists(study_dir):  # after the checks: a node that fails one leaves the old study in place
-        warn(f"--fresh: moved the old study to {study.move_aside(Path(study_dir))} (nothing deleted); starting over")
-    manifest = study.begin(study_dir, spec, spec_path, trials, data, old, slots)
-    study.add_trials(study_dir, manifest, [], choices, reopened={t.search for t in trials if t.search})
-    records = {r["key"]: r for r in study.trial_records(study_dir, manifest)}
-    done = {k for k, r in records.items() if r["state"] in DONE}
+        warn(f"--fresh: moved the old study to {records.move_aside(Path(study_dir))} (nothing deleted); starting over")
+    manifest = records.begin(study_dir, spec, spec_path, trials, data, old, slots)
+    records.add_trials(study_dir, manifest, [], choices, reopened={t.search for t in trials if t.search})
+    recorded = {r["key"]: r for r in records.trial_records(study_dir, manifest)}
+    done = {k for k, r in recorded.items() if r["state"] in DONE}
     todo = [t for t in trials if t.key not in done]
     run = manifest["invocations"][-1]
-    name = study.run_name(len(manifest["invocations"]))
-    log = study.log_location(study_dir, len(manifest["invocations"]))
+    name = records.run_name(len(manifest["invocations"]))
+    log = records.log_location(study_dir, len(manifest["invocations"]))
     say(f"study {spec.name}: {len(trials)} trials in the spec: {len(done & {t.key for t in trials})} finished "
         f"(reused), {len(todo)} to train ({len(run['added'])} new) on {slots:g} slot{'s' * (slots != 1)} -> "
         f"{study_dir}")
@@ -81,12 +83,12 @@ def _sweep(spec: Spec, spec_path: str, study_dir: Location, old, trials: list[Tr
     unfinished: int | None = None
     interrupted = False
     try:
-        left = {t.key: t.config.epochs - len(records[t.key]["rows"]) for t in todo}  # epochs still to train
+        left = {t.key: t.config.epochs - len(recorded[t.key]["rows"]) for t in todo}  # epochs still to train
         failed, skipped, interrupted = run_tune(study_dir, name, todo, done, spec, gpu, verbose, trackers, log, left,
                                                 manifest, slots)
         unfinished = unfinished_trials(study_dir, failed, skipped)
     finally:
-        study.end(study_dir, manifest, failed, skipped, unfinished, interrupted)
+        records.end(study_dir, manifest, failed, skipped, unfinished, interrupted)
     problems, code = closing(spec.name, study_dir, [manifest["trials"][k]["name"] for k in failed], skipped,
                              unfinished, interrupted)
     for line in problems:
@@ -117,7 +119,7 @@ def closing(name: str, study_dir: Location, failed: list[str], skipped: dict[str
 
 def unfinished_trials(study_dir: Location, failed: dict[str, str], skipped: dict[str, str]) -> int:
     """How many of the current spec's trials are not done and did not fail or get skipped."""
-    return sum(1 for r in study.trial_records(study_dir) if r["current"] and r["state"] not in DONE
+    return sum(1 for r in records.trial_records(study_dir) if r["current"] and r["state"] not in DONE
                and r["key"] not in failed and r["key"] not in skipped)
 
 
@@ -132,7 +134,7 @@ def plan_study(spec: Spec, study_dir: Location, failed: set[str] = frozenset(),
     for t in (t for t in trials if t.search):
         location = trial_dir(study_dir, t)
         rows = read_rows(location)
-        state = study.done_state(location, rows, t.config.to_dict()) or ("failed" if t.key in failed else "to do")
+        state = records.done_state(location, rows, t.config.to_dict()) or ("failed" if t.key in failed else "to do")
         cells.setdefault(t.search, []).append({"values": {k: getattr(t.config, k) for k in t.tuned},
                                                "seed": t.config.seed, "rows": rows, "state": state})
     choices = {cell: c for cell, search in cells.items() if (c := choose(spec.tune, search)) is not None}
@@ -296,18 +298,18 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
              verbose: bool, trackers: list, log: Location, left: dict[str, int], manifest: dict,
              slots: float) -> tuple[dict[str, str], dict[str, str], bool]:
     """One Tune run over these trials (left: key -> epochs still to train), each started as soon as its
-    dependency has finished (schedule.py). Returns ({key: Tune's error file} of trials that failed, {key: why}
+    dependency has finished (launch.py). Returns ({key: Tune's error file} of trials that failed, {key: why}
     of trials skipped because of them, whether a stop signal (Ctrl-C) ended the run)."""
     if not trials:
         return {}, {}, False
     from ray import tune
 
+    from .launch import DependencySearcher, SearchScheduler, TrialParam, trial_param, work
     from .progress import Progress
-    from .schedule import DependencySearcher, SearchScheduler, TrialParam, trial_param, work
     from .trainable import run_trial
 
     if not store.is_uri(study_dir):
-        Path(study_dir, study.LOGS_DIR).mkdir(parents=True, exist_ok=True)
+        Path(study_dir, records.LOGS_DIR).mkdir(parents=True, exist_ok=True)
     def to_train(trials: list[Trial], epochs) -> dict[str, tuple[int, float]]:
         """What Progress counts: name -> (epochs to train, relative cost of one)."""
         return {t.name: (epochs(t), work(t) / t.config.epochs) for t in trials}
@@ -325,7 +327,7 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
         planned, choices = plan_study(spec, study_dir, failed)
         new = [t for t in planned if t.chosen == cell and not t.search and t.key not in done]  # a search trial
         # of the chosen configuration is that cell's choice on its seed: it was counted and has run
-        study.add_trials(study_dir, manifest, [t for t in planned if t.chosen == cell], choices)
+        records.add_trials(study_dir, manifest, [t for t in planned if t.chosen == cell], choices)
         progress.add(to_train(new, lambda t: t.config.epochs))
         choice = choices.get(cell)
         if choice is None or not choice.get("values"):
@@ -355,7 +357,7 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=bound, reuse_actors=True,
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
                                     max_concurrent_trials=spec.max_concurrent or None),
-        run_config=tune.RunConfig(name=name, storage_path=str(store.child(study_dir, study.TUNE_DIR)),
+        run_config=tune.RunConfig(name=name, storage_path=str(store.child(study_dir, records.TUNE_DIR)),
                                   verbose=1 if verbose else 0, callbacks=[progress, *trackers],
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
     )
@@ -445,6 +447,6 @@ def tracker_callbacks(names: list[str], study_name: str) -> list:
 
 
 def _trial_name(trial) -> str:
-    from .schedule import trial_param  # ray: only once a sweep runs
+    from .launch import trial_param  # ray: only once a sweep runs
 
     return trial_param(trial)["name"]

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from .atomic import write_atomic
-from .config import UserError
+from ..errors import UserError
+from ..storage.atomic import write_atomic
+from ..storage.store import download, is_uri
 from .models import HEAD_KEYS
 from .rundir import CHECKPOINT_GLOB
-from .store import download, is_uri
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"

@@ -17,16 +17,17 @@ import math
 import os
 import platform
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from ..errors import ConfigError, UserError
 from . import data as D
 from .checkpoint import resolve_pretrained
-from .config import ConfigError, TrialConfig, UserError
+from .config import TrialConfig
 from .models import (apply_freeze, backbone_state, build_model, frozen_digest, load_backbone, set_train_mode,
                      weights_digest)
 

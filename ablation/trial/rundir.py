@@ -28,10 +28,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from . import provenance, store
-from .atomic import write_atomic
-from .config import ConfigError, TrialConfig
-from .store import Location
+from ..errors import ConfigError
+from ..storage import provenance, store
+from ..storage.atomic import write_atomic
+from ..storage.store import Location
+from .config import TrialConfig
 
 # What a spreadsheet gets per epoch (metrics.jsonl has every field of the row).
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",

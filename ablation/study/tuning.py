@@ -5,7 +5,7 @@ Why: the tuning playbook compares the values of a scientific hyperparameter (ini
 at its own best nuisance hyperparameters (lr, weight decay), chosen without the test set. A cell is one
 value of every fine-tuning axis but the seed. Its search trials are ordinary study trials: the same
 `samples` configurations (drawn once with Tune's samplers from `space`, seeded, so a rerun draws them again)
-on the search seeds, with Tune's ASHA stopping poor ones early (schedule.py). When every search trial of a
+on the search seeds, with Tune's ASHA stopping poor ones early (launch.py). When every search trial of a
 cell has finished or been stopped, the configuration with the best validation score (its best epoch, mean
 over the search seeds; finished trials only) is the cell's choice, and the planner adds that configuration
 on every seed of the study: on a search seed it is the search trial itself (same config, same key).
@@ -26,8 +26,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ConfigError, TrialConfig, coerce, shown
-from .states import DONE, FAILED, FINISHED, STOPPED
+from ..errors import ConfigError, shown
+from ..trial.config import TrialConfig, coerce
+from .trial_states import DONE, FAILED, FINISHED, STOPPED
 
 METRICS = {"val_acc": "max", "val_loss": "min"}
 TUNE_KEYS = {"space", "samples", "seeds", "metric", "scheduler", "search", "grace_period", "reduction_factor",
@@ -128,7 +129,7 @@ def parse_tune(raw: Any, study_seeds: list[int], where: str) -> TuneBlock | None
         raise ConfigError(f"{where}: must be a mapping (space:, samples:, seeds:, metric:, scheduler:, search:)")
     for key in raw:
         if key not in TUNE_KEYS:
-            from .config import unknown_key_message
+            from ..errors import unknown_key_message
 
             raise ConfigError(unknown_key_message(key, TUNE_KEYS, where))
     metric = raw.get("metric", "val_acc")

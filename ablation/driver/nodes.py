@@ -14,7 +14,8 @@ import platform
 import uuid
 from pathlib import Path
 
-from .config import TrialConfig, UserError
+from ..errors import UserError
+from ..trial.config import TrialConfig
 
 
 def _look(probe: str, configs: list[dict]) -> list[str]:
@@ -23,7 +24,7 @@ def _look(probe: str, configs: list[dict]) -> list[str]:
     if not Path(probe).exists():
         problems.append(f"cannot see the study storage {Path(probe).parent} (mount it at the same path on "
                         f"every node)")
-    from .sources import check_present
+    from ..trial.sources import check_present
 
     for values in configs:
         cfg = TrialConfig.from_dict(values)

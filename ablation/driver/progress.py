@@ -17,11 +17,11 @@ from typing import Any
 
 from ray.tune import Callback
 
-from . import store
+from ..storage import store
+from ..storage.store import Location
+from ..study.records import LOG_EVERY, LOG_UPLOAD_EVERY, STARTED, clock
 from .console import say
-from .schedule import trial_param
-from .store import Location
-from .study import LOG_EVERY, LOG_UPLOAD_EVERY, STARTED, clock
+from .launch import trial_param
 
 
 def _name(trial) -> str:

@@ -14,10 +14,10 @@ from typing import Any
 import ray
 from ray import tune
 
-from . import store
-from .config import TrialConfig
-from .rundir import run
-from .schedule import trial_param
+from ..storage import store
+from ..trial.config import TrialConfig
+from ..trial.rundir import run
+from .launch import trial_param
 
 
 def run_trial(param: dict[str, Any]) -> None:

@@ -18,8 +18,8 @@ from typing import Any, Callable, TypedDict
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from .spec import Trial
-from .tuning import TuneBlock
+from ..study.spec import Trial
+from ..study.tuning import TuneBlock
 
 
 class TrialParam(TypedDict):

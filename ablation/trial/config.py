@@ -8,21 +8,12 @@ the valid choices (no torch, no ray: this module is imported by the CLI before a
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
-
-class UserError(Exception):
-    """Bad input the user can fix (config, data, checkpoint, study); the CLI prints its one-line message."""
-
-
-class ConfigError(UserError, ValueError):
-    """A bad key or value in a config, spec or override."""
+from ..errors import ConfigError, shown, unknown_key_message
 
 
 def _opt(default, doc, *, choices=None, lo=None, hi=None, lo_open=False, stage=None):
@@ -177,18 +168,6 @@ def dataset_of(source: str) -> str:
     return source.split(":")[0]
 
 
-def unknown_key_message(key: Any, known: Iterable[str], where: str) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1) if isinstance(key, str) else []
-    hint = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(sorted(known))
-    return f"{where}: unknown key {shown(key)} ({hint})"
-
-
-def shown(value: Any, limit: int = 60) -> str:
-    """repr of a value for a one-line message: quotes and escapes (a newline stays on the line), cut short."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -244,47 +223,6 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
             raise ConfigError(f"override {shown(item)} is not key=value (e.g. epochs=5)")
         out[key.strip()] = value.strip()
     return out
-
-
-def unwritable(path: str | os.PathLike) -> str | None:
-    """Why a directory could not be created at `path` or written in, or None when it can (nothing is created:
-    the nearest existing ancestor must be a writable directory). Output locations are checked with this
-    before any data loading or training, so a bad one costs a line, not a run."""
-    try:
-        probe = Path(path).expanduser().absolute()
-        while not probe.exists():
-            probe = probe.parent
-    except (OSError, ValueError) as exc:
-        return f"cannot be reached ({getattr(exc, 'strerror', None) or exc})"
-    if not probe.is_dir():
-        return f"{probe} is a file, not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable (read-only file system or no permission)"
-    return None
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from a file (safe_load only); a malformed file is one line with its line number."""
-    import yaml
-
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}; check the path") from None
-    except (UnicodeDecodeError, ValueError):  # binary or not UTF-8; a NUL byte in the path
-        raise ConfigError(f"{path}: not a UTF-8 text file; give a YAML file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where} ({problem}); fix the file") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of key: value at the top level")
-    return data
 
 
 def defaults_table() -> str:

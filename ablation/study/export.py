@@ -12,17 +12,17 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .config import UserError
-from .rundir import CHECKPOINTS, checkpoint_name, selection_epoch
-from .study import read_manifest, trial_records
+from ..errors import UserError
+from ..trial.rundir import CHECKPOINTS, checkpoint_name, selection_epoch
+from .records import read_manifest, trial_records
 
 
 def export(study_dir: Path, trial: str, out: Path, epoch: str = "best") -> str:
     """Write the state dict; returns the line that says what was written and how to load it."""
     import torch
 
-    from .atomic import write_atomic
-    from .checkpoint import CheckpointError, load_checkpoint
+    from ..storage.atomic import write_atomic
+    from ..trial.checkpoint import CheckpointError, load_checkpoint
 
     records = {r["name"]: r for r in trial_records(study_dir, read_manifest(study_dir))}
     if trial not in records:

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, TrialConfig, data_source
+from ..errors import ConfigError
+from .config import TrialConfig, data_source
 from .sources import SOURCES, Split
 
 

@@ -12,7 +12,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
 PACKAGES = ("torch", "torchvision", "ray", "numpy", "pandas")
 

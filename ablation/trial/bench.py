@@ -31,9 +31,11 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from ..errors import ConfigError, UserError
+from ..storage.atomic import write_atomic
+from ..storage.files import unwritable
 from . import data as D
-from .atomic import write_atomic
-from .config import ConfigError, TrialConfig, UserError, unwritable
+from .config import TrialConfig
 from .models import set_train_mode
 from .train import Setup, build, cores, device_name, make_inputs, resolve_device, train_batches, train_step
 

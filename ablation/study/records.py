@@ -23,12 +23,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from . import provenance, store
-from .config import UserError, dataset_of
-from .rundir import read_rows_checked, stopped, trained_log
+from ..errors import UserError
+from ..storage import provenance, store
+from ..storage.store import Location
+from ..trial.config import dataset_of
+from ..trial.rundir import read_rows_checked, stopped, trained_log
 from .spec import TRIALS_DIR, Spec, Trial
-from .states import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, RUNNING, SKIPPED, STOPPED, WAITING
-from .store import Location
+from .trial_states import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, RUNNING, SKIPPED, STOPPED, WAITING
 
 MANIFEST = "manifest.json"
 LOCK = "driver.pid"

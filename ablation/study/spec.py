@@ -26,9 +26,11 @@ from typing import Any
 
 import yaml
 
-from . import store
-from .config import LOCATION_KEYS, ConfigError, TrialConfig, coerce, read_yaml, unknown_key_message
-from .store import Location
+from ..errors import ConfigError, unknown_key_message
+from ..storage import store
+from ..storage.files import read_yaml
+from ..storage.store import Location
+from ..trial.config import LOCATION_KEYS, TrialConfig, coerce
 from .tuning import TuneBlock, configurations, parse_tune
 
 BOTH, PRETRAIN, FINETUNE = "", "pretrain", "finetune"  # the scope of an axis or a block

@@ -1,5 +1,5 @@
 """A trial's states: one vocabulary for the study (which derives them), tuning (whose choice waits on them),
-status and the report. Why a module of its own: tuning.py cannot import study.py (study -> spec -> tuning).
+status and the report. Why a module of its own: tuning.py cannot import records.py (records -> spec -> tuning).
 "outside the current spec" is said beside the state, not instead of it."""
 
 FINISHED, RUNNING, WAITING, INTERRUPTED, FAILED, SKIPPED, NOT_STARTED, STOPPED = (

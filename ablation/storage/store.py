@@ -32,7 +32,7 @@ def _fs(uri: str):
     try:
         return pyarrow.fs.FileSystem.from_uri(uri)
     except Exception as exc:  # unknown scheme, missing credentials, bad bucket name...
-        from .config import UserError
+        from ..errors import UserError
 
         raise UserError(f"{uri}: pyarrow cannot open this storage ({exc}); check the URI and its credentials")
 

@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import write_atomic
-from .config import TrialConfig, UserError, unwritable
+from ..errors import UserError
+from ..storage.atomic import write_atomic
+from ..storage.files import unwritable
+from .config import TrialConfig
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 CIFAR_JPEG_HINT = "dataset=imagefolder data_dir=<the CIFAR-10 JPEG copy: the unzipped folder or the folder with its zips>"
