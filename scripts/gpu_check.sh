@@ -6,6 +6,8 @@
 #
 #   cp <cifar10-jpeg>/{train,test}.zip data/cifar10-jpeg/    # data/ is git-ignored: copy it along with the repository
 #   bash scripts/gpu_check.sh                     # PROTOCOL=0 skips the training runs, BENCH=0 the benchmark
+#   bash scripts/gpu_check.sh --dry-run           # (or DRY_RUN=1) the plan, its expected minutes, and whether
+#                                                 # everything it needs is here; runs nothing on a GPU
 #
 # Sized for an H200: the bench at batch 512 (~2 min), then 30 rotation + 4 x 20 fine-tune epochs per seed, 3 seeds
 # at once (unmeasured). The runs live in RUNS (default results/studies/gpu-check, git-ignored, so kept between
@@ -13,9 +15,30 @@
 # with BENCH=0. Set ROT_EPOCHS/FT_EPOCHS or SEEDS lower only if the machine's time is short (then say so).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"
+[ "${1:-}" = "--dry-run" ] && DRY_RUN=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 data=${DATA_DIR:-data/cifar10-jpeg}
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  # The plan with its expected device minutes (estimates, to be replaced by the first measured run), and a check
+  # of what it needs. Exit 0 when everything is present (a GPU aside), 2 otherwise.
+  cat <<PLAN
+gpu_check plan (expected minutes on one H100/H200; the device allows 15 per call, all tries together):
+  device facts (nvidia-smi, torch)                                   ~0.2
+  BENCH=${BENCH:-1}: bench at batch 512, then rotation-random1 with 4 processes sharing the GPU   ~3
+  PROTOCOL=${PROTOCOL:-1}: report protocol, seeds "${SEEDS:-0 1 2}" at once, ${ROT_EPOCHS:-30} rotation + 4 x ${FT_EPOCHS:-20} fine-tune epochs   unmeasured
+  outputs under ${OUT:-/tmp/gpu_check}; the runs in ${RUNS:-results/studies/gpu-check} (a cut-off call resumes)
+PLAN
+  missing=0
+  if [ -f "$data/train.zip" ] || [ -d "$data/train" ]; then echo "ok: CIFAR-10 copy in $data"
+  else echo "MISSING: CIFAR-10 copy in $data (DATA_DIR=..., see the header)"; missing=1; fi
+  if python3 -c "import torch, torchvision" 2>/dev/null; then echo "ok: $(python3 -c 'import torch; print("torch", torch.__version__)')"
+  else echo "MISSING: torch and torchvision for python3"; missing=1; fi
+  if python3 -c "import ablation.cli, ablation.trial.train" 2>/dev/null; then echo "ok: this package imports from $PWD"
+  else echo "MISSING: the package's imports (pyyaml? run from the repository)"; missing=1; fi
+  if command -v nvidia-smi >/dev/null; then echo "ok: nvidia-smi"; else echo "note: no nvidia-smi here (needed on the GPU box only)"; fi
+  exit $((missing * 2))
+fi
+out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"
 [ -f "$data/train.zip" ] || [ -d "$data/train" ] || { echo "gpu_check: no CIFAR-10 copy in $data (see the header)" >&2; exit 2; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch; print('torch', torch.__version__)"; } 2>&1 | tee "$out/device.txt"
 if [ "${BENCH:-1}" = 1 ]; then

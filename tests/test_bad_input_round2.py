@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -437,3 +438,34 @@ def test_version_prints_package_and_code_version():
     proc = subprocess.run([sys.executable, "-m", "ablation.cli", "--version"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and proc.stdout == f"ablation {__version__} (code {code_version()})\n"
+
+
+def code_version_of(package_parent: Path) -> str:
+    """The code version a process importing the package at package_parent/ablation records."""
+    return subprocess.run([sys.executable, "-c", "from ablation.storage.provenance import code_version; "
+                           "print(code_version())"], cwd=package_parent, capture_output=True, text=True,
+                          timeout=60, check=True).stdout.strip()
+
+
+def test_a_copy_without_git_records_a_digest_of_its_source_and_an_edit_anywhere_is_dirty(tmp_path):
+    """A copy of the tree without .git recorded the bare package version, the same for every copy; and the
+    dirty check must cover every folder of the package, not the one provenance.py lives in."""
+    from ablation import __version__
+
+    source = Path(__file__).resolve().parents[1] / "ablation"
+    plain = tmp_path / "plain"
+    shutil.copytree(source, plain / "ablation", ignore=shutil.ignore_patterns("__pycache__"))
+    first = code_version_of(plain)
+    assert re.fullmatch(rf"{re.escape(__version__)}\+src\.[0-9a-f]{{12}}", first), first
+    with open(plain / "ablation" / "trial" / "train.py", "a") as fh:
+        fh.write("\n# edited\n")
+    assert code_version_of(plain) not in (first, __version__)
+    repo = tmp_path / "repo"
+    shutil.copytree(source, repo / "ablation", ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "x"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    assert not code_version_of(repo).endswith(".dirty")
+    with open(repo / "ablation" / "trial" / "train.py", "a") as fh:
+        fh.write("\n# edited\n")
+    assert code_version_of(repo).endswith(".dirty")

@@ -23,7 +23,7 @@ def test_bench_writes_consistent_figures_without_ray(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "harness/naive" in proc.stdout and "2 processes" in proc.stdout
-    assert "(bf16, channels_last True)" in proc.stdout
+    assert "(bf16, channels_last True, compile False)" in proc.stdout
     case, concurrent = json.loads(out.read_text())
     assert case["case"] == "rotation-random1" and case["stage"] == "rotation" and case["rotation_mode"] == "random1"
     assert {"device", "torch", "batch_size", "steps", "threads"} <= case.keys()
@@ -50,3 +50,36 @@ def test_bench_on_missing_gpu_is_one_line_exit_2():
     from ablation.cli import main
 
     assert main(["bench", "--device", "cuda"]) == 2
+
+
+@pytest.mark.slow  # torch.compile on a CPU: about a minute of inductor per process
+def test_bench_compile_times_each_case_eager_and_compiled(tmp_path):
+    """`compile=true` ran first on a GPU box; now `ablation bench --compile` runs it here and reports
+    compiled/eager for each case."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-c", NO_RAY, "bench", "--device", "cpu", "--batch-size", "16", "--warmup",
+                           "2", "--steps", "2", "--cases", "finetune-freeze0", "--compile", "--json", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    eager, compiled = json.loads(out.read_text())
+    assert (eager["compile"], compiled["compile"]) == (False, True) and compiled["case"] == "finetune-freeze0"
+    assert compiled["vs_eager"] == pytest.approx(compiled["images_per_s"]["harness"] / eager["images_per_s"]["harness"])
+    assert f"finetune-freeze0   compiled/eager harness {compiled['vs_eager']:.2f}x" in proc.stdout
+
+
+@pytest.mark.slow  # torch.compile on a CPU
+def test_a_compiled_model_computes_what_the_eager_one_does_on_cpu():
+    import torch
+    from conftest import tiny
+
+    from ablation.trial import data as D
+    from ablation.trial.train import build, make_inputs
+
+    data = D.load_data(tiny())
+    eager, compiled = (build(tiny(stage="finetune", compile=flag), data) for flag in (False, True))
+    compiled.model.load_state_dict(eager.model.state_dict())
+    x, _ = make_inputs(eager, eager.test_x[:32], eager.test_y[:32], train=False)
+    eager.model.eval()
+    compiled.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.forward(x), eager.forward(x), rtol=1e-4, atol=1e-4)

@@ -156,7 +156,10 @@ def test_cluster_study_survives_a_worker_node_killed_mid_trial_and_a_driver_kill
 
     wait_for(lambda: on_worker() is not None, proc, "a trial on the worker node", poll=0.05)
     victim = on_worker()
-    os.kill(nodes[worker][0], signal.SIGKILL)  # the node's raylet: its workers go with it
+    lost = {nodes[worker][0], *ray_processes({nodes[worker][0]})}  # the node lost: raylet and workers at once
+    for pid in lost:  # (a worker outliving its raylet for a moment could finish the victim's last epoch first)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     wait_for(lambda: rows_by_trial(study)[victim][-1]["node"] == head, proc, f"{victim} resumed on the head",
              timeout=180)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from ray.tune.search import Searcher
 
 from ablation.driver.launch import DependencySearcher
@@ -267,3 +268,35 @@ def test_a_failed_trial_and_the_trials_it_skips_leave_the_epochs_and_the_eta(mon
     p.skip("ft-pretrained-f4-s0", "its rotation trial rot-s0 failed")
     assert "skipped  ft-pretrained-f4-s0: its rotation trial rot-s0 failed" in capsys.readouterr().out
     assert p.summary() == "0/2 trials done, 0 running, 1 waiting, 1 failed; 1/4 epochs; 1:40 elapsed, ETA 5:00"
+
+
+@pytest.mark.parametrize("share, per_gpu", [(0.1, 10), (0.2, 5), (0.25, 4), (0.33, 3), (0.5, 2), (1.0, 1)])
+def test_the_trials_a_gpu_holds_are_counted_as_ray_counts_them(share, per_gpu):
+    """In floating point 1 // 0.1 is 9 (and 1 // 0.2 is 4): a tenth of the GPU's slots were never used."""
+    from ablation.driver.sweep import fits
+
+    assert fits(1.0, share) == per_gpu
+    assert fits(16, 3) == 5 and fits(2, 1) == 2 and fits(1, 2) == 0
+
+
+@pytest.mark.parametrize("device, share, cuda, expected", [
+    ("auto", 0.0, True, "cpu"),  # no share: the CPU, though CUDA shows every GPU (Ray 2.60 no longer hides them)
+    ("auto", 0.25, True, "cuda"), ("auto", 0.25, False, "cpu"), ("cpu", 0.5, True, "cpu"), ("cuda", 1.0, True, "cuda"),
+])
+def test_a_trial_trains_on_a_gpu_only_with_a_gpu_share(monkeypatch, device, share, cuda, expected):
+    import torch
+
+    from ablation.driver.trainable import trial_device
+    from ablation.trial.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_device(trial_device(device, share)).type == expected
+
+
+def test_device_cuda_without_a_gpu_share_is_refused_in_one_line():
+    from ablation.errors import ConfigError
+
+    raw = {"name": "s", "dataset": "fashion-mnist", "device": "cuda", "resources": {"cpu": 1, "gpu": 0}}
+    with pytest.raises(ConfigError, match="device=cuda, but resources.gpu is 0"):
+        plan(parse_spec(raw, where="t"), Path("/nowhere"))
+    assert plan(parse_spec({**raw, "resources": {"cpu": 1, "gpu": 0.5}}, where="t"), Path("/nowhere"))

@@ -38,6 +38,22 @@ def test_gpu_check_refuses_without_the_cifar_copy(tmp_path):
     assert result.returncode == 2 and "no CIFAR-10 copy" in result.stderr
 
 
+def test_gpu_check_dry_run_prints_the_plan_and_checks_what_it_needs_without_a_gpu(tmp_path):
+    """The prepared device check must be known to start before a device's minutes are spent on it."""
+    folder = tmp_path / "cifar"
+    (folder / "train").mkdir(parents=True)
+    env = {**os.environ, "DATA_DIR": str(folder), "OUT": str(tmp_path / "out")}
+    ready = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), "--dry-run"], capture_output=True,
+                           text=True, env=env, timeout=120)
+    assert ready.returncode == 0, ready.stdout + ready.stderr
+    assert "gpu_check plan" in ready.stdout and "expected minutes" in ready.stdout
+    assert f"ok: CIFAR-10 copy in {folder}" in ready.stdout and "ok: torch" in ready.stdout
+    assert not (tmp_path / "out").exists()  # nothing run, nothing written
+    missing = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh")], capture_output=True, text=True,
+                             env={**env, "DATA_DIR": str(tmp_path / "none"), "DRY_RUN": "1"}, timeout=120)
+    assert missing.returncode == 2 and "MISSING: CIFAR-10 copy" in missing.stdout
+
+
 @pytest.mark.slow  # two reports in subprocesses
 def test_publish_report_copies_the_report_manifest_and_logs_but_no_checkpoint(tmp_path):
     study = tmp_path / "tiny"

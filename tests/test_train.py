@@ -209,3 +209,28 @@ def test_a_backbone_of_another_stem_is_one_line_naming_pretrained_from(rotation_
     with pytest.raises(UserError, match=f"pretrained_from={out}: pretrained backbone does not fit this model .* "
                                         f"was it trained with another stem="):
         train(cfg, lambda row, state: None, data=fashion)
+
+
+def test_a_checkpoint_resumes_only_as_it_was_computed(tmp_path, monkeypatch, fashion):
+    """A checkpoint's data-generator state is device-specific (a CPU state is 5,056 bytes, a CUDA one 16): a
+    study started on a CPU and resumed on a GPU box crashed on every retry. Now a resume whose device kind,
+    precision or layout (resolved from auto) differs from the checkpoint's is one line saying so, and every
+    epoch row records them."""
+    from ablation.errors import UserError
+    from ablation.trial.train import check_resumable
+
+    cfg = tiny(stage="finetune", epochs=2)
+    monkeypatch.setenv(CRASH_AT_EPOCH, "2")
+    with pytest.raises(InjectedFault):
+        rundir.run(cfg, tmp_path, log=lambda _: None, data=fashion)
+    state = load_checkpoint(checkpoint_dirs(tmp_path)[0])
+    on_cpu = {"device_kind": "cpu", "precision_used": "fp32", "layout": "contiguous"}
+    assert state["numerics"] == on_cpu and {k: state["history"][0][k] for k in on_cpu} == on_cpu
+    s = build(cfg, fashion)
+    check_resumable(s, state)  # as it was computed: continues
+    from_gpu = {**state, "numerics": None, "rng": {**state["rng"], "cuda": torch.zeros(16, dtype=torch.uint8)}}
+    for other, said in (({**state, "numerics": {**on_cpu, "precision_used": "bf16"}}, "precision_used bf16"),
+                        (from_gpu, "device_kind cuda")):  # a checkpoint from before numerics were recorded
+        with pytest.raises(UserError, match=f"the checkpoint of epoch 1 was computed with .*{said}.*; this process "
+                                            f"would continue with device_kind cpu"):
+            check_resumable(s, other)

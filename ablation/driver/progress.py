@@ -19,7 +19,7 @@ from ray.tune import Callback
 
 from ..storage import store
 from ..storage.store import Location
-from ..study.records import LOG_EVERY, LOG_UPLOAD_EVERY, STARTED, clock
+from ..study.records import LOG_EVERY, LOG_UPLOAD_EVERY, STARTED, clock, log_line
 from .console import say
 from .launch import trial_param
 
@@ -109,7 +109,7 @@ class Progress(Callback):
 
     def event(self, text: str, echo: bool = True) -> None:
         """A stamped line for the log and, if echo, the console."""
-        line = f"[{clock(time.monotonic() - self.start)}] {text}"
+        line = log_line(time.monotonic() - self.start, text)
         self._write_log(line)
         if not echo:
             return

@@ -286,12 +286,18 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
         if address is None:  # a local Ray is the whole machine
             raise UserError(problem)
         warn(f"{problem}, or add a node that large (the trials wait for one)")
-    slots = have.get("CPU", 1) // spec.cpu
-    if gpu:
-        slots = min(slots, have["GPU"] // gpu)
+    slots = fits(have.get("CPU", 1), spec.cpu)
+    if gpu:  # a fractional trial lives on one GPU: each whole GPU holds fits(1, gpu) of them
+        slots = min(slots, int(have["GPU"]) * fits(1.0, gpu))
     if spec.max_concurrent:
         slots = min(slots, spec.max_concurrent)
-    return gpu, max(1.0, slots)
+    return gpu, max(1, slots)
+
+
+def fits(total: float, share: float) -> int:
+    """How many trials asking `share` of a resource fit in `total` of it, counted as Ray counts (in units of
+    1e-4): in floating point 1 // 0.1 is 9, and ten trials of gpu: 0.1 fit on one GPU."""
+    return int(round(total * 10_000)) // max(1, int(round(share * 10_000)))
 
 
 def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str], spec: Spec, gpu: float,

@@ -29,8 +29,9 @@ EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_
               "host": "host", "node": "node", "val_loss": "val_loss", "val_acc": "val_acc",
               # what the checks read (checks.py), so that a reader of the tables can redo them
               "pretrained_digest": "loaded_digest", "backbone_digest": "backbone_digest",
-              "frozen_intact": "frozen_intact"}
-SUMMARY = ["task", "protocol", "state", "damage", "current", "finished", "epochs_done", "trained", "retrained", "code",
+              "frozen_intact": "frozen_intact",
+              "device_kind": "device_kind", "precision_used": "precision_used", "layout": "layout"}  # from auto
+SUMMARY = ["task", "numerics", "protocol", "state", "damage", "current", "finished", "epochs_done", "trained", "retrained", "code",
            "final_test_acc", "best_test_acc", "best_epoch", "lowest_test_loss", "wall_time_s", "pretrained_digest", "ran_on",
            "best_val_epoch", "test_acc_at_best_val", "best_val_acc", "depends_on", "backbone_digest", "checks"]
 ROLE = ["search", "chosen", "tuned"]  # a tune block's search cell, chosen cell, searched keys ("" for none)
@@ -62,6 +63,15 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
             "wall_time_s": sum(r["epoch_time_s"] for r in rows), "pretrained_digest": rows[0].get("pretrained_digest")}
 
 
+def _numerics(rows: list[dict[str, Any]]) -> str | None:
+    """"cpu fp32 contiguous": how a trial computed (device kind, precision, layout resolved from auto), a cell
+    key wherever trials differ in it, so that a table never pools them; None for rows from before it was
+    recorded."""
+    if not rows or "precision_used" not in rows[0]:
+        return None
+    return " ".join(str(rows[0].get(k)) for k in ("device_kind", "precision_used", "layout"))
+
+
 def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """(manifest, epochs frame, trials frame); the trials frame holds every trial the study ever planned,
     `current` saying which ones the newest spec asks for (only those enter tables and figures)."""
@@ -84,6 +94,7 @@ def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFr
                            "current": r["current"],
                            "finished": r["state"] == FINISHED,
                            "trained": r["trained"], "code": ", ".join(r["code"]), **_summary(r),
+                           "numerics": _numerics(r["rows"]),
                            "depends_on": r.get("depends_on") or "",  # the key of its rotation trial
                            "backbone_digest": r["rows"][-1].get("backbone_digest") if r["rows"] else None,
                            "checks": trial_checks(r, by_key),
@@ -108,7 +119,8 @@ def _settings(trials: pd.DataFrame) -> dict[str, int]:
     values it takes."""
     tuned = {k for t in trials.get("tuned", pd.Series(dtype=object)).dropna() for k in str(t).split(",") if k}
     return {c: trials[c].dropna().astype(str).nunique() for c in trials.columns
-            if (c in CONFIG_KEYS or c.startswith("pretrain.")) and c not in NOT_CELL and c not in tuned}
+            if (c in CONFIG_KEYS or c.startswith("pretrain.") or c == "numerics") and c not in NOT_CELL
+            and c not in tuned}
 
 
 def cell_keys(trials: pd.DataFrame) -> list[str]:

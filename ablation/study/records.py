@@ -252,6 +252,17 @@ def clock(seconds: float) -> str:
         f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def log_line(seconds: float, event: str) -> str:
+    """A line of a sweep's log as progress.py writes it: "[0:04] started  rot-s0". This module reads them back
+    (last_logged, and which trials a live driver has launched), so the format lives here alone."""
+    return f"[{clock(seconds)}] {event}"
+
+
+def launched(log: str) -> set[str]:
+    """The trials whose start a sweep log records (a STARTED event line)."""
+    return set(re.findall(rf"^\[[\d:]+\] {STARTED}(\S+)$", log, re.M))
+
+
 def run_name(number: int) -> str:
     """Invocation `number` (1-based, as in the manifest's order) as its Tune experiment and log are named."""
     return f"run{number:03d}"
@@ -319,7 +330,7 @@ def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -
     last = manifest["invocations"][-1] if manifest.get("invocations") else {}
     live = live_driver(study_dir) is not None
     sweep_log = store.read_file(log_location(study_dir, len(manifest.get("invocations", [])))) if live else None
-    launched = set(re.findall(rf"^\[[\d:]+\] {STARTED}(\S+)$", sweep_log or "", re.M))
+    launched_names = launched(sweep_log or "")
     order = current + [k for k in manifest["trials"] if k not in set(current)]
     out = []
     for key in order:
@@ -341,7 +352,7 @@ def trial_records(study_dir: Location, manifest: dict[str, Any] | None = None) -
         elif key in last.get("skipped", {}):
             state = SKIPPED
         elif live and key in current:  # started, without an epoch yet: running, not waiting
-            state = RUNNING if rows or entry["name"] in launched else WAITING
+            state = RUNNING if rows or entry["name"] in launched_names else WAITING
         else:
             state = INTERRUPTED if rows or damage else NOT_STARTED
         log = trained_log(location)

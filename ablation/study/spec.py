@@ -316,6 +316,9 @@ def plan(spec: Spec, study_dir: Location, choices: dict[str, dict] | None = None
     if block and any(not t.config.val_split for t in trials if t.search):
         raise ConfigError(f"{spec.name}: tune: the search selects on validation data; set val_split: N (e.g. 5000 "
                           f"training images held out)")
+    if not spec.gpu and any(t.config.device == "cuda" for t in trials):
+        raise ConfigError(f"{spec.name}: device=cuda, but resources.gpu is 0, and a trial without a GPU share trains "
+                          f"on the CPU; give each trial a share (resources: {{cpu: 1, gpu: 0.25}}) or device=auto")
     short = min((t.config.epochs for t in trials if t.search), default=None)
     if block and block.scheduler == "asha" and short is not None and block.grace_period >= short:
         raise ConfigError(f"{spec.name}: tune: grace_period={block.grace_period} is not below the search trials' "

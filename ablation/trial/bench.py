@@ -160,11 +160,12 @@ def naive_step(s: Setup) -> Callable[[], int]:
 # ---------------------------------------------------------------------------------------------- cases
 
 
-def case_config(name: str, args, device: str) -> TrialConfig:
+def case_config(name: str, args, device: str, compiled: bool = False) -> TrialConfig:
     return TrialConfig.from_dict({**CASES[name], "dataset": args.data, "data_dir": getattr(args, "data_dir", "data"),
                                   "batch_size": args.batch_size, "device": device, "seed": 0,
                                   "precision": getattr(args, "precision", "auto"),
-                                  "channels_last": getattr(args, "channels_last", "auto")}, where="bench")
+                                  "channels_last": getattr(args, "channels_last", "auto"), "compile": compiled},
+                                 where="bench")
 
 
 def check_fits(cfgs: list[TrialConfig], data: D.Data, args) -> None:
@@ -180,11 +181,11 @@ def check_fits(cfgs: list[TrialConfig], data: D.Data, args) -> None:
                               f"--data {args.data} has {have}; {fix}")
 
 
-def run_case(name: str, args, device: str, data, log) -> dict:
+def run_case(name: str, args, device: str, data, log, compiled: bool = False) -> dict:
     """One case: naive, harness and limit on the same Setup (model, optimizer), interleaved in ROUNDS rounds
     of a few timed steps each, so that a slow spell of a shared machine hits all three alike rather than one.
     Naive goes first in a round: its workers' refill after its last step then costs the harness, not it."""
-    s = build(case_config(name, args, device), data)
+    s = build(case_config(name, args, device, compiled), data)
     set_train_mode(s.model, s.cfg.freeze)
     steps = {"naive": naive_step(s), "harness": harness_step(s), "limit": limit_step(s)}
     rounds = min(ROUNDS, args.steps)
@@ -200,7 +201,7 @@ def run_case(name: str, args, device: str, data, log) -> dict:
         steps["naive"].close()
     rates = {what: inputs[what] / seconds[what] for what in ("harness", "naive", "limit")}
     log(f"  {name:<18} " + "  ".join(f"{what} {rate:.1f}" for what, rate in rates.items()) + " images/s"
-        + " ({precision}, channels_last {channels_last})".format(**numerics(s)))
+        + " ({precision}, channels_last {channels_last}, compile {compile})".format(**numerics(s)))
     cfg = s.cfg
     mode = {"rotation_mode": cfg.rotation_mode} if cfg.stage == "rotation" else {"freeze": cfg.freeze}
     return {"case": name, "stage": cfg.stage, **mode, **numerics(s), "images_per_s": rates,
@@ -210,7 +211,7 @@ def run_case(name: str, args, device: str, data, log) -> dict:
 
 def numerics(s: Setup) -> dict:
     """What --precision and --channels-last resolved to on this device (auto differs between cpu and cuda)."""
-    return {"precision": "bf16" if s.bf16 else "fp32", "channels_last": s.channels_last}
+    return {"precision": "bf16" if s.bf16 else "fp32", "channels_last": s.channels_last, "compile": s.cfg.compile}
 
 
 def environment(device: torch.device, args) -> dict:
@@ -312,6 +313,11 @@ def main(args) -> int:
         row = run_case(name, args, device, data, log)
         log(f"{name:<18} harness/naive {row['vs_naive']:.2f}x   harness/limit {row['vs_limit']:.2f}")
         rows.append(row)
+        if getattr(args, "compile", False):  # the same case with torch.compile (its warm-up steps compile)
+            fast = run_case(name, args, device, data, log, compiled=True)
+            fast["vs_eager"] = fast["images_per_s"]["harness"] / row["images_per_s"]["harness"]
+            log(f"{name:<18} compiled/eager harness {fast['vs_eager']:.2f}x")
+            rows.append(fast)
     if args.concurrent > 1:
         log(f"concurrent: {CONCURRENT_CASE} harness step in 1, then {args.concurrent} processes at once")
         one, threads_one, _ = run_concurrent(1, args, device, data)

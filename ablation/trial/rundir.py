@@ -174,7 +174,7 @@ def trained_log(location: Location) -> list[dict[str, Any]]:
 
 
 def run(cfg: TrialConfig, location: Location, log: Callable[[str], None] = print, report: Report | None = None,
-        data=None, node: str = "") -> list[dict[str, Any]]:
+        data=None, node: str = "", device: str | None = None) -> list[dict[str, Any]]:
     """Train cfg into the run dir, resuming from its newest valid checkpoint if the same config began there.
     report(row) is called after each epoch's files are safe (a Tune trial reports to Tune there)."""
     from .checkpoint import checkpoint_dirs, load_latest, save_checkpoint  # torch: only to train
@@ -221,6 +221,6 @@ def run(cfg: TrialConfig, location: Location, log: Callable[[str], None] = print
             if report is not None:
                 report(metrics_rows(state)[-1])
 
-        return train(cfg, on_epoch, resume=resume, log=log, data=data, node=node)
+        return train(cfg, on_epoch, resume=resume, log=log, data=data, node=node, device=device)
     finally:
         rd.close()

@@ -100,9 +100,10 @@ class Setup:
     val_y: torch.Tensor | None = None
 
 
-def build(cfg: TrialConfig, data: D.Data | None = None) -> Setup:
-    """Seeded model, optimizer, schedule and device-resident data for one run."""
-    device = resolve_device(cfg.device)
+def build(cfg: TrialConfig, data: D.Data | None = None, device: str | None = None) -> Setup:
+    """Seeded model, optimizer, schedule and device-resident data for one run. device: what the caller allows
+    when it knows better than cfg.device (a Ray trial with no GPU share: cpu), else cfg.device."""
+    device = resolve_device(device or cfg.device)
     torch.manual_seed(cfg.seed)
     data = data or D.load_data(cfg)
     outputs = 4 if cfg.stage == "rotation" else len(data.classes)
@@ -199,7 +200,31 @@ def rng_state(s: Setup) -> dict[str, torch.Tensor]:
     return state
 
 
+def numerics(s: Setup) -> dict[str, Any]:
+    """How this run computes, as resolved from auto: device kind, precision, memory layout."""
+    return {"device_kind": s.device.type, "precision_used": "bf16" if s.bf16 else "fp32",
+            "layout": "channels_last" if s.channels_last else "contiguous"}
+
+
+def check_resumable(s: Setup, state: dict[str, Any]) -> None:
+    """A checkpoint continues only as it was computed: its data generator's state is device-specific (a CPU
+    state does not load into a CUDA generator, nor the reverse) and another precision or layout would make
+    one trial of two kinds of arithmetic. Checkpoints from before this was recorded: the device kind from
+    their RNG states, fp32 and the contiguous layout on a CPU."""
+    kind = "cuda" if "cuda" in state["rng"] else "cpu"
+    saved = state.get("numerics") or {"device_kind": kind, **({"precision_used": "fp32", "layout": "contiguous"}
+                                                              if kind == "cpu" else {})}
+    now = numerics(s)
+    if any(saved[k] != now[k] for k in saved):
+        said = ", ".join(f"{k} {saved[k]}" for k in saved)
+        raise UserError(f"the checkpoint of epoch {state['epoch']} was computed with {said}; this process would "
+                        f"continue with {', '.join(f'{k} {now[k]}' for k in saved)}: resume it where it started "
+                        f"(set device=, precision=, channels_last= to match), or train it afresh under another "
+                        f"study name or --out")
+
+
 def restore(s: Setup, state: dict[str, Any]) -> None:
+    check_resumable(s, state)
     s.model.load_state_dict(state["model"])
     s.optimizer.load_state_dict(state["optimizer"])
     s.scheduler.load_state_dict(state["scheduler"])
@@ -211,13 +236,13 @@ def restore(s: Setup, state: dict[str, Any]) -> None:
 
 def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | None = None,
           log: Callable[[str], None] = lambda _: None, data: D.Data | None = None,
-          node: str = "") -> list[dict[str, Any]]:
+          node: str = "", device: str | None = None) -> list[dict[str, Any]]:
     """Train cfg.epochs epochs (from resume's epoch on, if given); returns the metrics history.
     data: already loaded for cfg (tests and workers that run many trials load it once); node: the Ray node
     id of the worker, recorded in every epoch row beside the host (a cluster's epochs say where they ran)."""
     if resume is not None and TrialConfig.identity_of(resume["config"]) != cfg.identity():
         raise ConfigError("the checkpoint was written by a different config; use a new output dir")
-    s = build(cfg, data)
+    s = build(cfg, data, device)
     crash_at = int(os.environ.get(CRASH_AT_EPOCH) or 0)
     history: list[dict[str, Any]] = []
     start = 0
@@ -251,7 +276,8 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
                "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
                "epoch_time_s": time.perf_counter() - t0, "train_images_per_s": seen / train_time,
-               "device": device_name(s.device), "threads": torch.get_num_threads(), "host": platform.node(),
+               "device": device_name(s.device), **numerics(s), "threads": torch.get_num_threads(),
+               "host": platform.node(),
                "node": node, **val}  # where and how it was measured
         if s.frozen_digest:  # checked every epoch, so the record says the frozen groups never moved
             row["frozen_intact"] = frozen_digest(s.model, cfg.freeze) == s.frozen_digest
@@ -261,7 +287,8 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
         state = copy.deepcopy({  # a snapshot: the callback may keep it while training goes on
             "epoch": epoch, "epochs": cfg.epochs, "config": cfg.to_dict(), "model": s.model.state_dict(),
             "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(), "rng": rng_state(s),
-            "history": history, "data_fingerprint": s.data.fingerprint, "pretrained_digest": s.pretrained_digest})
+            "history": history, "data_fingerprint": s.data.fingerprint, "pretrained_digest": s.pretrained_digest,
+            "numerics": numerics(s)})
         on_epoch(row, state)
         log(f"[{cfg.stage}] epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  train_acc {row['train_acc']:.4f}"
             f"  test_loss {test_loss:.4f}  test_acc {test_acc:.4f}  lr {lr:.4g}  {row['epoch_time_s']:.1f}s"
