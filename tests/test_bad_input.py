@@ -140,21 +140,27 @@ def a_study(tmp_path):
 
 
 @pytest.mark.parametrize("damage, expected", [
-    (lambda m: json.dumps(m)[:200], "manifest.json is damaged: not JSON (Unterminated string starting at: line 1, column"),
+    (lambda m: json.dumps(m)[:200],
+     "manifest.json is damaged: not JSON (Unterminated string starting at: line 1, column"),
     (lambda m: json.dumps({k: v for k, v in m.items() if k != "invocations"}), "its 'invocations' is missing"),
     (lambda m: json.dumps({**m, "data": []}), "its 'data' is not a dict"),
     (lambda m: json.dumps({**m, "trials": {k: {**v, "name": ""} for k, v in m["trials"].items()}}), "has no name"),
 ], ids=["torn", "no invocations", "data a list", "trial without name"])
 @pytest.mark.parametrize("command", ["sweep", "status", "report"])
-def test_a_damaged_manifest_is_one_line_that_says_where_and_what_to_do(tmp_path, damage, expected, command):
+def test_a_damaged_manifest_is_one_line_that_says_where_and_what_to_do(tmp_path, damage, expected, command, capfd):
     """Was a KeyError in study.begin (no invocations), a parse error without its position, or "no trials" /
-    "trained on ," with an empty name."""
+    "trained on ," with an empty name. In this process (each a subprocess cost seconds); what reaches the
+    stderr file descriptor is checked, as from a subprocess."""
+    from ablation.cli import main
+
     study, manifest = a_study(tmp_path)
     (study / "manifest.json").write_text(damage(manifest))
     before = snapshot(study)
     args = ["sweep", str(write_spec(tmp_path / "demo.yaml", name="demo")), "--storage", str(study.parent)] \
         if command == "sweep" else [command, str(study)]
-    result = ablation(*args)
+    capfd.readouterr()
+    code = main(args)
+    result = subprocess.CompletedProcess(args, code, "", capfd.readouterr().err)
     assert_one_line_exit_2(result, expected)
     assert "restore it from a backup, or start over with `ablation sweep SPEC --fresh`" in result.stderr
     assert snapshot(study) == before

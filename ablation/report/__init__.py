@@ -16,7 +16,7 @@ __all__ = ["report_study", "write_report"]
 
 
 def __getattr__(name: str):
-    """write_report and report_study on first use: `ablation.report.reference` alone (scripts/report_protocol.sh on a box with
+    """write_report and report_study on first use: `ablation.report.reference` alone (report_protocol.sh on a box with
     torch but no pandas or seaborn) must not import the plotting stack."""
     if name in __all__:
         from . import build

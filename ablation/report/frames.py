@@ -25,15 +25,16 @@ NOT_CELL = {"seed", "pretrain.seed", "stage"}  # seeds are what a cell averages 
 # Per-epoch values kept from each metrics row ("lr" there is the scheduled lr, renamed to keep the config's).
 EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_acc", "test_loss": "test_loss",
               "test_acc": "test_acc", "lr": "epoch_lr", "epoch_time_s": "epoch_time_s",
-              "train_images_per_s": "train_images_per_s", "data_fingerprint": "data_fingerprint", "device": "trained_on",
-              "host": "host", "node": "node", "val_loss": "val_loss", "val_acc": "val_acc",
+              "train_images_per_s": "train_images_per_s", "data_fingerprint": "data_fingerprint",
+              "device": "trained_on", "host": "host", "node": "node", "val_loss": "val_loss", "val_acc": "val_acc",
               # what the checks read (checks.py), so that a reader of the tables can redo them
               "pretrained_digest": "loaded_digest", "backbone_digest": "backbone_digest",
               "frozen_intact": "frozen_intact",
               "device_kind": "device_kind", "precision_used": "precision_used", "layout": "layout"}  # from auto
-SUMMARY = ["task", "numerics", "protocol", "state", "damage", "current", "finished", "epochs_done", "trained", "retrained", "code",
-           "final_test_acc", "best_test_acc", "best_epoch", "lowest_test_loss", "wall_time_s", "pretrained_digest", "ran_on",
-           "best_val_epoch", "test_acc_at_best_val", "best_val_acc", "depends_on", "backbone_digest", "checks"]
+SUMMARY = ["task", "numerics", "protocol", "state", "damage", "current", "finished", "epochs_done", "trained",
+           "retrained", "code", "final_test_acc", "best_test_acc", "best_epoch", "lowest_test_loss", "wall_time_s",
+           "pretrained_digest", "ran_on", "best_val_epoch", "test_acc_at_best_val", "best_val_acc", "depends_on",
+           "backbone_digest", "checks"]
 ROLE = ["search", "chosen", "tuned"]  # a tune block's search cell, chosen cell, searched keys ("" for none)
 
 

@@ -30,7 +30,7 @@ from ..storage.files import unwritable
 from .config import TrialConfig
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-CIFAR_JPEG_HINT = "dataset=imagefolder data_dir=<the CIFAR-10 JPEG copy: the unzipped folder or the folder with its zips>"
+CIFAR_JPEG_HINT = "dataset=imagefolder data_dir=<the CIFAR-10 JPEG copy: unzipped, or the folder of its zips>"
 
 
 class DataError(UserError):
