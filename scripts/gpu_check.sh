@@ -9,7 +9,7 @@
 #   bash scripts/gpu_check.sh --dry-run           # (or DRY_RUN=1) the plan, its expected minutes, and whether
 #                                                 # everything it needs is here; runs nothing on a GPU
 #
-# Sized for an H200: the bench at batch 512 (~2 min), then 30 rotation + 4 x 20 fine-tune epochs per seed, 3 seeds
+# Sized for an H200: the bench at batch 128, eager and compiled (~3 min), then 30 rotation + 4 x 20 fine-tune epochs per seed, 3 seeds
 # at once (unmeasured). The runs live in RUNS (default results/studies/gpu-check, git-ignored, so kept between
 # calls on the same machine): a call cut off by its time limit is resumed by the same command again,
 # with BENCH=0. Set ROT_EPOCHS/FT_EPOCHS or SEEDS lower only if the machine's time is short (then say so).
@@ -24,7 +24,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   cat <<PLAN
 gpu_check plan (expected minutes on one H100/H200; the device allows 15 per call, all tries together):
   device facts (nvidia-smi, torch)                                   ~0.2
-  BENCH=${BENCH:-1}: bench at batch 512, then rotation-random1 with 4 processes sharing the GPU   ~3
+  BENCH=${BENCH:-1}: bench at batch 128, eager and compiled, then 4 processes sharing the GPU   ~4
   PROTOCOL=${PROTOCOL:-1}: report protocol, seeds "${SEEDS:-0 1 2}" at once, ${ROT_EPOCHS:-30} rotation + 4 x ${FT_EPOCHS:-20} fine-tune epochs   unmeasured
   outputs under ${OUT:-/tmp/gpu_check}; the runs in ${RUNS:-results/studies/gpu-check} (a cut-off call resumes)
 PLAN
@@ -42,9 +42,11 @@ out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"
 [ -f "$data/train.zip" ] || [ -d "$data/train" ] || { echo "gpu_check: no CIFAR-10 copy in $data (see the header)" >&2; exit 2; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch; print('torch', torch.__version__)"; } 2>&1 | tee "$out/device.txt"
 if [ "${BENCH:-1}" = 1 ]; then
-  python3 -m ablation.cli bench --device cuda --data imagefolder --data-dir "$data" --json "$out/bench-cuda.json" 2>&1 | tee "$out/bench.txt"
-  python3 -m ablation.cli bench --device cuda --data imagefolder --data-dir "$data" --cases rotation-random1 --concurrent 4 \
-    --json "$out/bench-cuda-k4.json" 2>&1 | tee "$out/bench-k4.txt"
+  # at the grid's batch (128), eager and compiled; then 4 processes sharing the GPU at that batch
+  python3 -m ablation.cli bench --device cuda --data imagefolder --data-dir "$data" --batch-size 128 --compile \
+    --json "$out/bench-cuda.json" 2>&1 | tee "$out/bench.txt"
+  python3 -m ablation.cli bench --device cuda --data imagefolder --data-dir "$data" --batch-size 128 \
+    --cases rotation-random1 --concurrent 4 --json "$out/bench-cuda-k4.json" 2>&1 | tee "$out/bench-k4.txt"
 fi
 if [ "${PROTOCOL:-1}" = 1 ]; then
   # SEEDS (default "0 1 2") run at once, sharing the GPU; ROT_EPOCHS / FT_EPOCHS shorten them if time is short.
