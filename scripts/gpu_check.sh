@@ -22,7 +22,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   # The plan with its expected device minutes (estimates, to be replaced by the first measured run), and a check
   # of what it needs. Exit 0 when everything is present (a GPU aside), 2 otherwise.
   cat <<PLAN
-gpu_check plan (expected minutes on one H100/H200; the device allows 15 per call, all tries together):
+gpu_check plan (expected minutes on one H100 or H200; estimates until the first run measures them):
   device facts (nvidia-smi, torch)                                   ~0.2
   BENCH=${BENCH:-1}: bench at batch 128, eager and compiled, then 4 processes sharing the GPU   ~4
   PROTOCOL=${PROTOCOL:-1}: report protocol, seeds "${SEEDS:-0 1 2}" at once, ${ROT_EPOCHS:-30} rotation + 4 x ${FT_EPOCHS:-20} fine-tune epochs   unmeasured
@@ -31,10 +31,20 @@ PLAN
   missing=0
   if [ -f "$data/train.zip" ] || [ -d "$data/train" ]; then echo "ok: CIFAR-10 copy in $data"
   else echo "MISSING: CIFAR-10 copy in $data (DATA_DIR=..., see the header)"; missing=1; fi
-  if python3 -c "import torch, torchvision" 2>/dev/null; then echo "ok: $(python3 -c 'import torch; print("torch", torch.__version__)')"
-  else echo "MISSING: torch and torchvision for python3"; missing=1; fi
-  if python3 -c "import ablation.cli, ablation.trial.train" 2>/dev/null; then echo "ok: this package imports from $PWD"
-  else echo "MISSING: the package's imports (pyyaml? run from the repository)"; missing=1; fi
+  # one interpreter for both checks (each import of torch costs seconds)
+  python3 - <<'CHECK' || missing=1
+import sys
+try:
+    import torch, torchvision
+    print("ok: torch", torch.__version__, "torchvision", torchvision.__version__)
+except ImportError as exc:
+    sys.exit(f"MISSING: torch and torchvision for python3 ({exc})")
+try:
+    import ablation.cli, ablation.trial.train
+    print("ok: this package imports")
+except ImportError as exc:
+    sys.exit(f"MISSING: the package's imports ({exc}); run from the repository")
+CHECK
   if command -v nvidia-smi >/dev/null; then echo "ok: nvidia-smi"; else echo "note: no nvidia-smi here (needed on the GPU box only)"; fi
   exit $((missing * 2))
 fi

@@ -148,6 +148,7 @@ def test_pretrained_from_a_state_dict_of_something_else_is_one_line(tmp_path, ca
     assert code == 2 and err.count("\n") == 1 and "holds no state dict of weights" in err, err
 
 
+@pytest.mark.slow  # starts the test run's Ray
 def test_address_auto_never_joins_another_drivers_private_ray(tmp_path, ray_session):
     """This test session's own Ray (ray_session: what `ablation sweep` without --address starts too) is a
     private Ray of another driver on this host. Ray's own `auto` joined any Ray it found running, and the

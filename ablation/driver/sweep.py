@@ -191,9 +191,9 @@ def _not_ray(address: str, timeout: float) -> str:
 
     try:
         probe = subprocess.run([sys.executable, "-c", GCS_PROBE, address], capture_output=True, text=True,
-                               timeout=timeout + 5)
+                               timeout=timeout)
     except subprocess.TimeoutExpired:
-        return f"no answer within {timeout + 5:g} s"
+        return f"no Ray answer within {timeout:g} s"
     lines = [line for line in probe.stderr.splitlines() if line.strip()]
     return "" if probe.returncode == 0 else (lines[-1].strip() if lines else f"exit code {probe.returncode}")
 
