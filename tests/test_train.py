@@ -38,6 +38,8 @@ def test_short_rotation_run_lowers_the_loss_and_writes_metrics(rotation_run):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     lines = (out / "metrics.csv").read_text().splitlines()
     assert lines[0].split(",") == list(METRIC_COLUMNS) and len(lines) == 4
+    # the end work of each epoch (snapshot, checkpoint), outside epoch_time_s: measured, in every row
+    assert all(0 < r["epoch_overhead_s"] < r["epoch_time_s"] * 10 for r in rundir.read_rows(out))
     best = rundir.selection_epoch(history)[0]  # its best test_acc: kept beside the newest two (rolling)
     assert [d.name for d in checkpoint_dirs(out)] == [f"epoch_{e:04d}" for e in sorted({3, 2, best}, reverse=True)]
 

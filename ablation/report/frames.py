@@ -25,7 +25,8 @@ NOT_CELL = {"seed", "pretrain.seed", "stage"}  # seeds are what a cell averages 
 # Per-epoch values kept from each metrics row ("lr" there is the scheduled lr, renamed to keep the config's).
 EPOCH_KEYS = {"epoch": "epoch", "train_loss": "train_loss", "train_acc": "train_acc", "test_loss": "test_loss",
               "test_acc": "test_acc", "lr": "epoch_lr", "epoch_time_s": "epoch_time_s",
-              "train_images_per_s": "train_images_per_s", "data_fingerprint": "data_fingerprint",
+              "train_images_per_s": "train_images_per_s", "epoch_overhead_s": "epoch_overhead_s",
+              "data_fingerprint": "data_fingerprint",
               "device": "trained_on", "host": "host", "node": "node", "val_loss": "val_loss", "val_acc": "val_acc",
               # what the checks read (checks.py), so that a reader of the tables can redo them
               "pretrained_digest": "loaded_digest", "backbone_digest": "backbone_digest",

@@ -85,6 +85,8 @@ class TrialConfig:
     precision: str = _opt("auto", "auto = bf16 autocast on cuda, fp32 on cpu", choices=("auto", "fp32", "bf16"))
     channels_last: str = _opt("auto", "auto = on for cuda", choices=("auto", "on", "off"))
     compile: bool = _opt(False, "torch.compile the model (cuda; costs a warm-up)")
+    deterministic: bool = _opt(False, "cuda: deterministic cuDNN kernels, no autotuning (same-seed reruns and "
+                                      "resumes bit-identical; slower, unmeasured); cpu runs are so anyway")
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field]:

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +37,8 @@ from .config import TrialConfig
 
 # What a spreadsheet gets per epoch (metrics.jsonl has every field of the row).
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s",
-                  "train_images_per_s", "val_loss", "val_acc")  # val_*: empty without val_split
+                  "train_images_per_s", "val_loss", "val_acc",  # val_*: empty without val_split
+                  "epoch_overhead_s")
 KEEP = 2  # the newest checkpoint plus one to fall back on if it is found corrupt
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -198,6 +200,7 @@ def run(cfg: TrialConfig, location: Location, log: Callable[[str], None] = print
 
         def on_epoch(row: dict[str, Any], state: dict[str, Any]) -> None:
             # The dir appears with the first finished epoch: bad input (no data, no GPU) leaves nothing behind.
+            began = time.perf_counter() - state.pop("copy_s", 0.0)  # the end work began with train's snapshot
             rd.path.mkdir(parents=True, exist_ok=True)
             checkpoint = checkpoint_name(row["epoch"])
             written = [checkpoint, METRICS_FILE, METRICS_CSV, TRAINED_LOG]
@@ -211,6 +214,9 @@ def run(cfg: TrialConfig, location: Location, log: Callable[[str], None] = print
                 fh.write(json.dumps({"epoch": row["epoch"], "pid": os.getpid(), "time": provenance.now(),
                                      "code": provenance.code_version()}) + "\n")
             save_checkpoint(rd.path / checkpoint, state)
+            # the epoch's end work (snapshot, checkpoint with its sha256 and fsync): outside epoch_time_s, and on a
+            # GPU a share of a short epoch worth seeing; in this epoch's row, and from the next checkpoint on
+            row["epoch_overhead_s"] = state["history"][-1]["epoch_overhead_s"] = round(time.perf_counter() - began, 4)
             write_atomic(rd.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in metrics_rows(state)))
             write_atomic(rd.path / METRICS_CSV, metrics_csv(state["history"]))
             rd.push(*written)  # the checkpoint before the metrics: they never run ahead of the weights they describe

@@ -129,6 +129,14 @@ def build(cfg: TrialConfig, data: D.Data | None = None, device: str | None = Non
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    if bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if cfg.precision == "bf16":
+            raise UserError(f"precision=bf16, but {torch.cuda.get_device_name(device)} has no bfloat16; use "
+                            f"precision=auto (fp32 there) or fp32")
+        bf16 = False  # auto on a GPU without bfloat16 (before Ampere): fp32
+    if device.type == "cuda":  # autotuned cuDNN kernels are fast but may differ run to run; deterministic ones not
+        torch.backends.cudnn.deterministic = cfg.deterministic
+        torch.backends.cudnn.benchmark = not cfg.deterministic
     forward = torch.compile(model) if cfg.compile else model
     as_stat = lambda v: torch.tensor(v, device=device).view(1, -1, 1, 1)  # noqa: E731
     return Setup(cfg=cfg, device=device, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
@@ -202,7 +210,8 @@ def rng_state(s: Setup) -> dict[str, torch.Tensor]:
 
 def numerics(s: Setup) -> dict[str, Any]:
     """How this run computes, as resolved from auto: device kind, precision, memory layout."""
-    return {"device_kind": s.device.type, "precision_used": "bf16" if s.bf16 else "fp32",
+    tf32 = s.device.type == "cuda" and torch.backends.cudnn.allow_tf32  # torch's default for fp32 convolutions
+    return {"device_kind": s.device.type, "precision_used": "bf16" if s.bf16 else "tf32" if tf32 else "fp32",
             "layout": "channels_last" if s.channels_last else "contiguous"}
 
 
@@ -284,11 +293,13 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
         if cfg.stage == "rotation" and epoch == cfg.epochs:  # what a pretrained fine-tune must record loading
             row["backbone_digest"] = weights_digest(backbone_state(s.model))  # as its pretrained_digest
         history.append(row)
+        copied = time.perf_counter()
         state = copy.deepcopy({  # a snapshot: the callback may keep it while training goes on
             "epoch": epoch, "epochs": cfg.epochs, "config": cfg.to_dict(), "model": s.model.state_dict(),
             "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(), "rng": rng_state(s),
             "history": history, "data_fingerprint": s.data.fingerprint, "pretrained_digest": s.pretrained_digest,
             "numerics": numerics(s)})
+        state["copy_s"] = time.perf_counter() - copied  # the callback adds it to the epoch's end work, then drops it
         on_epoch(row, state)
         log(f"[{cfg.stage}] epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  train_acc {row['train_acc']:.4f}"
             f"  test_loss {test_loss:.4f}  test_acc {test_acc:.4f}  lr {lr:.4g}  {row['epoch_time_s']:.1f}s"
