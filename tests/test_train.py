@@ -236,3 +236,18 @@ def test_a_checkpoint_resumes_only_as_it_was_computed(tmp_path, monkeypatch, fas
         with pytest.raises(UserError, match=f"the checkpoint of epoch 1 was computed with .*{said}.*; this process "
                                             f"would continue with device_kind cpu"):
             check_resumable(s, other)
+
+
+def test_with_compile_every_step_and_every_eval_chunk_has_one_shape(fashion):
+    """A ragged last batch or eval chunk made torch.compile build (and on a GPU capture) a second graph. With
+    compile the training batches are all whole and the last eval chunk is padded, changing no result."""
+    from ablation.trial.train import evaluate, train_batches
+
+    eager = build(tiny(stage="finetune", batch_size=60, eval_batch_size=48), fashion)  # 256 train, 64 test images
+    assert [len(b) for b in train_batches(eager)] == [60, 60, 60, 60, 16]  # eager: the ragged batch trains
+    expected = evaluate(eager, eager.test_x, eager.test_y)
+    eager.cfg = eager.cfg.replace(compile=True)  # the compile path's shapes, on the eager model (no inductor here)
+    shapes, model = [], eager.model
+    eager.forward = lambda x: (shapes.append(len(x)), model(x))[1]
+    assert [len(b) for b in train_batches(eager)] == [60, 60, 60, 60]
+    assert evaluate(eager, eager.test_x, eager.test_y) == pytest.approx(expected, abs=1e-6) and shapes == [48, 48]

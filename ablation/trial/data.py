@@ -8,6 +8,7 @@ and rotations then act on whole batches there, with no per-sample Python in the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -196,9 +197,16 @@ def rotate(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     if h != w:
         raise ValueError(f"quarter turns need square images, got {h}x{w}")
-    grid = torch.arange(h * w, device=x.device).view(h, w)
-    perms = torch.stack([torch.rot90(grid, turns).flatten() for turns in range(4)])
+    perms = _turns(h, x.device)
     return x.flatten(-2).gather(-1, perms[k][:, None, :].expand(n, c, h * w)).view_as(x)
+
+
+@functools.lru_cache(maxsize=8)
+def _turns(side: int, device: torch.device) -> torch.Tensor:
+    """The four pixel permutations of a side x side image's quarter turns, built once per size and device (not
+    at every step: on a GPU each build is a few more small kernel launches)."""
+    grid = torch.arange(side * side, device=device).view(side, side)
+    return torch.stack([torch.rot90(grid, turns).flatten() for turns in range(4)])
 
 
 def rotation_batch(x: torch.Tensor, mode: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -178,9 +178,11 @@ def train_step(s: Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
 
 def train_batches(s: Setup) -> list[torch.Tensor]:
     """This epoch's batches of image indices. all4 feeds batch_size/4 images x 4 turns per step. A trailing
-    batch of one image is dropped (BatchNorm cannot train on it)."""
+    batch of one image is dropped (BatchNorm cannot train on it); with compile any shorter trailing batch is:
+    one shape, one compiled graph for every step (a ragged batch would compile a second one)."""
     order = torch.randperm(len(s.train_y), generator=s.gen, device=s.device)
-    return [b for b in order.split(s.cfg.images_per_step) if len(b) > 1]
+    least = s.cfg.images_per_step if s.cfg.compile else 2
+    return [b for b in order.split(s.cfg.images_per_step) if len(b) >= least]
 
 
 @torch.no_grad()
@@ -191,10 +193,12 @@ def evaluate(s: Setup, xs: torch.Tensor, ys: torch.Tensor) -> tuple[float, float
     loss_sum = torch.zeros((), device=s.device)
     correct = torch.zeros((), device=s.device, dtype=torch.long)
     count = 0
+    full = chunk * (4 if s.cfg.stage == "rotation" else 1)  # inputs of a whole chunk (rotation: four turns each)
     for x, y in zip(xs.split(chunk), ys.split(chunk)):
         x, y = make_inputs(s, x, y, train=False)
-        with _autocast(s):
-            logits = s.forward(x)
+        pad = full - len(x) if s.cfg.compile else 0  # a short last chunk padded: one compiled eval graph
+        with _autocast(s):  # (eval-mode BatchNorm treats each image alone: the padding changes no logit)
+            logits = s.forward(torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x)[:len(x)]
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         count += len(y)
