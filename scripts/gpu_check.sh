@@ -23,7 +23,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   # of what it needs. Exit 0 when everything is present (a GPU aside), 2 otherwise.
   cat <<PLAN
 gpu_check plan (expected minutes on one H100 or H200; estimates until the first run measures them):
-  device facts (nvidia-smi, torch)                                   ~0.2
+  device facts (GPU, driver, torch, CUDA, cuDNN, bf16, /dev/shm); nvidia-smi sampled every 5 s   ~0.2
   BENCH=${BENCH:-1}: bench at batch 128, eager and compiled, then 4 processes sharing the GPU   ~4
   PROTOCOL=${PROTOCOL:-1}: report protocol, seeds "${SEEDS:-0 1 2}" at once, ${ROT_EPOCHS:-30} rotation + 4 x ${FT_EPOCHS:-20} fine-tune epochs   unmeasured
   outputs under ${OUT:-/tmp/gpu_check}; the runs in ${RUNS:-results/studies/gpu-check} (a cut-off call resumes)
@@ -50,7 +50,14 @@ CHECK
 fi
 out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"
 [ -f "$data/train.zip" ] || [ -d "$data/train" ] || { echo "gpu_check: no CIFAR-10 copy in $data (see the header)" >&2; exit 2; }
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch; print('torch', torch.__version__)"; } 2>&1 | tee "$out/device.txt"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn',
+torch.backends.cudnn.version(), 'bf16', torch.cuda.is_available() and torch.cuda.is_bf16_supported())"
+  df -h /dev/shm | tail -n 1 | awk '{print "/dev/shm", $2}'; } 2>&1 | tee "$out/device.txt"
+# utilisation and memory every 5 s while it runs (each epoch row also records its peak_memory_mb)
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$out/nvidia-smi.csv" 2>&1 &
+smi=$!
+trap 'kill $smi 2>/dev/null' EXIT
 if [ "${BENCH:-1}" = 1 ]; then
   # at the grid's batch (128), eager and compiled; then 4 processes sharing the GPU at that batch
   python3 -m ablation.cli bench --device cuda --data imagefolder --data-dir "$data" --batch-size 128 --compile \

@@ -137,6 +137,7 @@ def build(cfg: TrialConfig, data: D.Data | None = None, device: str | None = Non
     if device.type == "cuda":  # autotuned cuDNN kernels are fast but may differ run to run; deterministic ones not
         torch.backends.cudnn.deterministic = cfg.deterministic
         torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.cuda.reset_peak_memory_stats(device)  # peak_memory_mb is this run's (a Ray worker runs many)
     forward = torch.compile(model) if cfg.compile else model
     as_stat = lambda v: torch.tensor(v, device=device).view(1, -1, 1, 1)  # noqa: E731
     return Setup(cfg=cfg, device=device, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
@@ -292,6 +293,8 @@ def train(cfg: TrialConfig, on_epoch: EpochCallback, resume: dict[str, Any] | No
                "device": device_name(s.device), **numerics(s), "threads": torch.get_num_threads(),
                "host": platform.node(),
                "node": node, **val}  # where and how it was measured
+        if s.device.type == "cuda":  # what one trial needs of a shared GPU (its `gpu` share caps it)
+            row["peak_memory_mb"] = torch.cuda.max_memory_allocated(s.device) / 2**20
         if s.frozen_digest:  # checked every epoch, so the record says the frozen groups never moved
             row["frozen_intact"] = frozen_digest(s.model, cfg.freeze) == s.frozen_digest
         if cfg.stage == "rotation" and epoch == cfg.epochs:  # what a pretrained fine-tune must record loading
