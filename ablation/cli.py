@@ -12,7 +12,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .errors import UserError
+from .errors import Stopped, UserError
 from .storage.files import read_yaml, unwritable
 from .trial.config import TrialConfig, defaults_table, parse_overrides
 
@@ -189,16 +189,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP outside a sweep's Tune run (while Ray starts, data loads, a report is written): the
-    same end as Ctrl-C there, with exit code 128 + the signal's number (a sweep's own handler covers the run)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _stop(signum, frame):
+    """SIGTERM or SIGHUP outside a sweep's Tune run (while Ray starts, data loads, a report is written): the
+    same end as Ctrl-C there (a sweep's own handler covers the run)."""
     raise Stopped(signum)
 
 

@@ -28,3 +28,11 @@ def shown(value: Any, limit: int = 60) -> str:
     """repr of a value for a one-line message: quotes and escapes (a newline stays on the line), cut short."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGHUP) ended the command as Ctrl-C would: `ablation` exits 128 + its number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

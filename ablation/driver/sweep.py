@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import Stopped, UserError
 from ..storage import provenance, store
 from ..storage.files import unwritable
 from ..storage.store import Location
@@ -268,9 +268,7 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
         except SystemExit as exc:  # SIGTERM while ray.init ran: its handler's sys.exit(15), as any other stop
             if exc.code != signal.SIGTERM:
                 raise
-            stop = KeyboardInterrupt()
-            stop.signum = signal.SIGTERM  # the exit code cli.main gives it: 128 + 15
-            raise stop from None
+            raise Stopped(signal.SIGTERM) from None
         finally:  # ray.init's own SIGTERM handler exits with code 15 and says nothing: ours (cli.py) come back
             for sig, handler in handlers.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

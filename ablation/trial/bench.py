@@ -37,7 +37,9 @@ from ..storage.files import unwritable
 from . import data as D
 from .config import TrialConfig
 from .models import set_train_mode
-from .train import Setup, build, cores, device_name, make_inputs, resolve_device, train_batches, train_step
+from .train import Setup, build, cores, device_name, make_inputs
+from .train import numerics as train_numerics
+from .train import resolve_device, train_batches, train_step
 
 CASES: dict[str, dict] = {
     "rotation-random1": dict(stage="rotation", rotation_mode="random1"),
@@ -210,8 +212,11 @@ def run_case(name: str, args, device: str, data, log, compiled: bool = False) ->
 
 
 def numerics(s: Setup) -> dict:
-    """What --precision and --channels-last resolved to on this device (auto differs between cpu and cuda)."""
-    return {"precision": "bf16" if s.bf16 else "fp32", "channels_last": s.channels_last, "compile": s.cfg.compile}
+    """What --precision and --channels-last resolved to on this device (auto differs between cpu and cuda), as
+    train.numerics records it for a run, in the bench's own keys."""
+    resolved = train_numerics(s)
+    return {"precision": resolved["precision_used"], "channels_last": resolved["layout"] == "channels_last",
+            "compile": s.cfg.compile}
 
 
 def environment(device: torch.device, args) -> dict:
