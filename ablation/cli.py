@@ -165,8 +165,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default="fashion-mnist", help="dataset for the harness and naive cases")
     b.add_argument("--data-dir", default="data", help="its data_dir (imagefolder: the tree or its zips)")
     b.add_argument("--warmup", type=int, default=None, help="untimed steps before each measurement")
-    b.add_argument("--compile", action="store_true",
-                   help="also time each case with torch.compile (compile=true); its warm-up steps compile")
+    b.add_argument("--compile", nargs="?", const="default", default=None,
+                   choices=TrialConfig.fields()["compile_mode"].metadata["choices"], metavar="MODE",
+                   help="also time each case with torch.compile (compile=true) in MODE (default; reduce-overhead "
+                        "or max-autotune: CUDA graphs); its warm-up steps compile")
     for f in fields(TrialConfig):  # the trial keys themselves: their default, choices and doc
         if f.name in ("precision", "channels_last"):
             b.add_argument("--" + f.name.replace("_", "-"), default=f.default, choices=f.metadata["choices"],

@@ -68,18 +68,29 @@ def test_bench_compile_times_each_case_eager_and_compiled(tmp_path):
 
 
 @pytest.mark.slow  # torch.compile on a CPU
-def test_a_compiled_model_computes_what_the_eager_one_does_on_cpu():
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])  # the second: CUDA graphs on a GPU, none here
+def test_a_compiled_model_computes_what_the_eager_one_does_on_cpu(mode):
     import torch
     from conftest import tiny
 
     from ablation.trial import data as D
-    from ablation.trial.train import build, make_inputs
+    from ablation.trial.train import build, make_inputs, train_step
 
     data = D.load_data(tiny())
-    eager, compiled = (build(tiny(stage="finetune", compile=flag), data) for flag in (False, True))
+    eager = build(tiny(stage="finetune"), data)
+    compiled = build(tiny(stage="finetune", compile=True, compile_mode=mode), data)
     compiled.model.load_state_dict(eager.model.state_dict())
     x, _ = make_inputs(eager, eager.test_x[:32], eager.test_y[:32], train=False)
     eager.model.eval()
     compiled.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled.forward(x), eager.forward(x), rtol=1e-4, atol=1e-4)
+    eager.model.train()
+    compiled.model.train()
+    y = eager.test_y[:32]
+    before = torch.cat([p.detach().flatten() for p in eager.model.parameters()])
+    for _ in range(2):  # two SGD steps (backward through the compiled graph), then the same update of the weights
+        torch.testing.assert_close(train_step(compiled, x, y)[0], train_step(eager, x, y)[0], rtol=1e-4, atol=1e-4)
+    moved = [torch.cat([p.detach().flatten() for p in s.model.parameters()]) - before for s in (compiled, eager)]
+    # summation order aside: measured 0.0065 of the update's norm (Xeon, torch 2.14); a step lost would be 1.0
+    assert (moved[0] - moved[1]).norm() < 0.05 * moved[1].norm()

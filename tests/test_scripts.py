@@ -3,6 +3,7 @@ CIFAR-10 copy was not carried along, and publishing a study's report into result
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -76,3 +77,41 @@ def test_publish_report_copies_the_report_manifest_and_logs_but_no_checkpoint(tm
     bad = subprocess.run(["bash", str(ROOT / "scripts/publish_report.sh"), str(tmp_path / "none"), str(tmp_path / "x")],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "not a study directory" in bad.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow  # eight short trainings and two small Ray sweeps
+def test_gpu_check_steps_run_on_a_cpu_and_find_a_difference_where_there_is_one(tmp_path, fashion):
+    """The reproducibility and Ray steps of the GPU check, run here first (DEVICE=cpu): both comparisons
+    bit-identical, and a gpu: 0 study whose every epoch says device_kind cpu. The comparison itself must fail on
+    two runs that differ."""
+    from PIL import Image
+
+    for split, (x, y) in {"train": (fashion.train.x[:200], fashion.train.y[:200]),
+                          "test": (fashion.test.x[:100], fashion.test.y[:100])}.items():
+        for i, (img, label) in enumerate(zip(x, y)):
+            path = tmp_path / "tree" / split / f"c{int(label)}" / f"{i:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "tree"), "OUT": str(tmp_path / "out"),
+           "RUNS": str(tmp_path / "runs"), "DEVICE": "cpu", "BENCH": "0", "PROTOCOL": "0", "RAY_GPU": "0",
+           "SUBSETS": f"train_subset=100 test_subset=50 cache_dir={tmp_path / 'cache'}"}
+    result = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh")], capture_output=True, text=True, env=env,
+                            timeout=1200)
+    summary = result.stdout.split("== gpu_check summary", 1)[1]
+    assert summary.count("same-seed rerun              bit-identical") == 2, result.stdout[-3000:]
+    assert summary.count("killed in epoch 2, resumed   bit-identical") == 2
+    assert "ray gpu-quarter: 30 epochs over 10 trials, device_kind {'cpu': 30}" in summary
+    assert "ray gpu-none: 3 epochs over 3 trials, device_kind {'cpu': 3}" in summary
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from repro_check import differs
+
+    run = tmp_path / "runs" / "repro-det-true"
+    shutil.copytree(run / "A", tmp_path / "X")
+    rows = (tmp_path / "X" / "metrics.jsonl").read_text().splitlines()
+    row = json.loads(rows[1])
+    row["test_acc"] += 1e-9  # the least a kernel's low bits would change
+    rows[1] = json.dumps(row)
+    (tmp_path / "X" / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    assert differs(run / "A", tmp_path / "X").startswith("epoch 2 test_acc")
+    assert differs(run / "A", run / "C") == ""

@@ -125,6 +125,7 @@ def test_axes_from_one_override_merge_with_the_specs_own(tmp_path):
     ({"axes": {"finetune.lr": [0.1, -1]}}, "finetune.lr: lr=-1.0 is out of range"),
     ({"axes": {"finetune.lr": []}}, "must list at least one value"),
     ({"axes": {"pretrain.freeze": [1]}}, "freeze applies to stage=finetune only"),
+    ({"finetune": {"compile_mode": "reduce-overhead"}}, "compile_mode=reduce-overhead is read only with compile=true"),
     ({"axes": {"seed": [1]}}, "seeds are an axis of their own"),
     ({"axes": {"elsewhere.lr": [1]}}, "must be a trial key, pretrain.<key> or finetune.<key>"),
     ({"axes": [1, 2]}, "axes must be a mapping"),

@@ -32,7 +32,7 @@ FINETUNE_BEST_ACC = {  # (freeze, init) -> percent
 # and how a run executes (where files are, device, numerics, evaluation batches).
 NOT_PROTOCOL = {"stage", "init", "freeze", "seed", "dataset", "data_dir", "cache_dir", "pretrained_from",
                 "train_subset", "test_subset", "val_split", "data_seed", "epochs", "device", "precision",
-                "channels_last", "compile", "deterministic", "eval_batch_size"}
+                "channels_last", "compile", "compile_mode", "deterministic", "eval_batch_size"}
 
 
 def protocol() -> dict[str, Any]:

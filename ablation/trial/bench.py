@@ -162,11 +162,13 @@ def naive_step(s: Setup) -> Callable[[], int]:
 # ---------------------------------------------------------------------------------------------- cases
 
 
-def case_config(name: str, args, device: str, compiled: bool = False) -> TrialConfig:
+def case_config(name: str, args, device: str, compiled: str | None = None) -> TrialConfig:
+    """A case's trial config; compiled = a torch.compile mode, or None for eager."""
     return TrialConfig.from_dict({**CASES[name], "dataset": args.data, "data_dir": getattr(args, "data_dir", "data"),
                                   "batch_size": args.batch_size, "device": device, "seed": 0,
                                   "precision": getattr(args, "precision", "auto"),
-                                  "channels_last": getattr(args, "channels_last", "auto"), "compile": compiled},
+                                  "channels_last": getattr(args, "channels_last", "auto"),
+                                  "compile": compiled is not None, "compile_mode": compiled or "default"},
                                  where="bench")
 
 
@@ -183,7 +185,7 @@ def check_fits(cfgs: list[TrialConfig], data: D.Data, args) -> None:
                               f"--data {args.data} has {have}; {fix}")
 
 
-def run_case(name: str, args, device: str, data, log, compiled: bool = False) -> dict:
+def run_case(name: str, args, device: str, data, log, compiled: str | None = None) -> dict:
     """One case: naive, harness and limit on the same Setup (model, optimizer), interleaved in ROUNDS rounds
     of a few timed steps each, so that a slow spell of a shared machine hits all three alike rather than one.
     Naive goes first in a round: its workers' refill after its last step then costs the harness, not it."""
@@ -203,7 +205,8 @@ def run_case(name: str, args, device: str, data, log, compiled: bool = False) ->
         steps["naive"].close()
     rates = {what: inputs[what] / seconds[what] for what in ("harness", "naive", "limit")}
     log(f"  {name:<18} " + "  ".join(f"{what} {rate:.1f}" for what, rate in rates.items()) + " images/s"
-        + " ({precision}, channels_last {channels_last}, compile {compile})".format(**numerics(s)))
+        + " ({precision}, channels_last {channels_last}, compile {compile}{mode})".format(
+            **numerics(s), mode=f" {s.cfg.compile_mode}" if s.cfg.compile else ""))
     cfg = s.cfg
     mode = {"rotation_mode": cfg.rotation_mode} if cfg.stage == "rotation" else {"freeze": cfg.freeze}
     return {"case": name, "stage": cfg.stage, **mode, **numerics(s), "images_per_s": rates,
@@ -216,7 +219,7 @@ def numerics(s: Setup) -> dict:
     train.numerics records it for a run, in the bench's own keys."""
     resolved = train_numerics(s)
     return {"precision": resolved["precision_used"], "channels_last": resolved["layout"] == "channels_last",
-            "compile": s.cfg.compile}
+            "compile": s.cfg.compile, "compile_mode": s.cfg.compile_mode}
 
 
 def environment(device: torch.device, args) -> dict:
@@ -318,8 +321,8 @@ def main(args) -> int:
         row = run_case(name, args, device, data, log)
         log(f"{name:<18} harness/naive {row['vs_naive']:.2f}x   harness/limit {row['vs_limit']:.2f}")
         rows.append(row)
-        if getattr(args, "compile", False):  # the same case with torch.compile (its warm-up steps compile)
-            fast = run_case(name, args, device, data, log, compiled=True)
+        if getattr(args, "compile", None):  # the same case with torch.compile (its warm-up steps compile)
+            fast = run_case(name, args, device, data, log, compiled=args.compile)
             fast["vs_eager"] = fast["images_per_s"]["harness"] / row["images_per_s"]["harness"]
             log(f"{name:<18} compiled/eager harness {fast['vs_eager']:.2f}x")
             rows.append(fast)

@@ -85,6 +85,10 @@ class TrialConfig:
     precision: str = _opt("auto", "auto = bf16 autocast on cuda, fp32 on cpu", choices=("auto", "fp32", "bf16"))
     channels_last: str = _opt("auto", "auto = on for cuda", choices=("auto", "on", "off"))
     compile: bool = _opt(False, "torch.compile the model (cuda; costs a warm-up)")
+    compile_mode: str = _opt("default", "with compile=true, torch.compile's mode: default; reduce-overhead = CUDA "
+                             "graphs (one launch per step: for small, launch-bound steps); max-autotune = CUDA graphs "
+                             "+ autotuned kernels (longest warm-up); on a CPU every mode compiles without graphs",
+                             choices=("default", "reduce-overhead", "max-autotune"))
     deterministic: bool = _opt(False, "cuda: deterministic cuDNN kernels, no autotuning (same-seed reruns and "
                                       "resumes bit-identical; slower, unmeasured); cpu runs are so anyway")
 
@@ -140,6 +144,9 @@ class TrialConfig:
         if self.labels_per_class and self.train_subset:
             raise ConfigError(f"train_subset={self.train_subset} and labels_per_class={self.labels_per_class} both "
                               f"cut the training split (the second would silently cut the first); set only one")
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(f"compile_mode={self.compile_mode} is read only with compile=true; set compile=true "
+                              f"or drop compile_mode=")
         if self.rotation_mode == "all4" and self.batch_size % 4:
             raise ConfigError(f"rotation_mode=all4 needs batch_size divisible by 4, got {self.batch_size}")
 

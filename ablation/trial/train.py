@@ -138,7 +138,7 @@ def build(cfg: TrialConfig, data: D.Data | None = None, device: str | None = Non
         torch.backends.cudnn.deterministic = cfg.deterministic
         torch.backends.cudnn.benchmark = not cfg.deterministic
         torch.cuda.reset_peak_memory_stats(device)  # peak_memory_mb is this run's (a Ray worker runs many)
-    forward = torch.compile(model) if cfg.compile else model
+    forward = compiled(model, cfg)
     as_stat = lambda v: torch.tensor(v, device=device).view(1, -1, 1, 1)  # noqa: E731
     return Setup(cfg=cfg, device=device, model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
                  gen=torch.Generator(device=device).manual_seed(cfg.seed),
@@ -148,6 +148,22 @@ def build(cfg: TrialConfig, data: D.Data | None = None, device: str | None = Non
                  pretrained_digest=pretrained_digest, frozen_digest=frozen,
                  val_x=None if data.val is None else data.val.x.to(device),
                  val_y=None if data.val is None else data.val.y.to(device))
+
+
+def compiled(model: nn.Module, cfg: TrialConfig) -> Callable:
+    """The model as the steps call it: itself, or torch.compile'd in cfg.compile_mode. The CUDA-graph modes
+    replay one captured graph per shape (train and eval each one, shapes being static under compile); each call
+    is marked a new step, so that a replay may reuse the memory of the last one's outputs, consumed by then."""
+    if not cfg.compile:
+        return model
+    fn = torch.compile(model, mode=cfg.compile_mode)
+    if cfg.compile_mode == "default":
+        return fn
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return fn(x)
+    return step
 
 
 def _autocast(s: Setup):
