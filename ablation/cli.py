@@ -73,6 +73,24 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from .study.forecast import forecast
+    from .study.precision import parse_until
+    from .study.spec import load_spec
+
+    spec = load_spec(args.spec, parse_overrides(args.overrides))
+    if spec.until is None and args.halfwidth is None:
+        raise UserError(f"{args.spec} has no until: block; give --halfwidth H (points) for its init effects")
+    block = {**(spec.raw.get("until") or {}), **({"halfwidth": args.halfwidth} if args.halfwidth is not None else {})}
+    spec.until, spec.effect = parse_until(block, spec.axes, spec.seeds, f"{args.spec} (with --halfwidth)")
+    pilot = Path(args.pilot).expanduser() if args.pilot else None
+    if pilot is not None and not pilot.is_dir():
+        raise UserError(f"--from {args.pilot}: no such folder; give a study directory or a published results folder")
+    for line in forecast(spec, spec.until, pilot, Path(args.storage).expanduser().resolve() / spec.name):
+        print(line)
+    return 0
+
+
 def cmd_export(args) -> int:
     from .study.export import export
 
@@ -148,6 +166,16 @@ def parser() -> argparse.ArgumentParser:
                    help="write the report here instead of STUDY/report (e.g. when the study is read-only)")
     r.set_defaults(fn=cmd_report)
 
+    pl = sub.add_parser("plan", help="the seeds, trials and compute a precision target needs, from a pilot study "
+                                     "(trains nothing)")
+    pl.add_argument("spec", help="experiments/<study>.yaml (its until: block, or --halfwidth for init effects)")
+    pl.add_argument("overrides", nargs="*", default=[], metavar="key=value")
+    pl.add_argument("--halfwidth", type=float, default=None, help="points: the 95%% half-width asked (default: "
+                                                                   "the spec's until.halfwidth)")
+    pl.add_argument("--from", dest="pilot", default=None, metavar="PILOT",
+                    help="a study (or a published results folder) whose trials are the spec's on some seeds")
+    pl.add_argument("--storage", default="results/studies", help="where the study would live (default %(default)s)")
+    pl.set_defaults(fn=cmd_plan)
     e = sub.add_parser("export", help="a trial's weights as a plain torchvision resnet18 state dict")
     e.add_argument("study")
     e.add_argument("trial", help="its name, as `ablation status` lists it")

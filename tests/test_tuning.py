@@ -207,7 +207,7 @@ def test_a_grace_period_not_below_the_epochs_is_refused(grace):
 def test_the_asha_history_of_a_resumed_search_holds_its_done_trials_too(tmp_path):
     import json
 
-    from ablation.driver.sweep import search_history
+    from ablation.study.decisions import search_history
     from ablation.study.spec import trial_dir
     from ablation.trial.rundir import METRICS_FILE
 

@@ -59,10 +59,12 @@ class DependencySearcher(Searcher):
     def __init__(self, trials: list[Trial], finished: set[str], param: Callable[[Trial], dict[str, Any]],
                  searching: dict[str, set[str]] | None = None,
                  expand: Callable[[str, set[str]], list[Trial]] | None = None, stopped: set[str] | None = None,
-                 on_skip: Callable[[Trial, str], None] | None = None):
+                 on_skip: Callable[[Trial, str], None] | None = None,
+                 grow: Callable[[Trial, set[str]], list[Trial]] | None = None):
         """searching: cell -> keys of its search trials not done yet; expand(cell, failed keys) -> the trials of
         the cell's choice, called once its search is done; stopped: keys ASHA stopped (SearchScheduler's);
-        on_skip(trial, why): told of each trial it will not run (the progress line and ETA drop it)."""
+        on_skip(trial, why): told of each trial it will not run (the progress line and ETA drop it);
+        grow(trial, failed keys) -> trials an until block adds now that this trial of one of its cells ended."""
         super().__init__()
         self._waiting = list(trials)
         self._finished = set(finished)
@@ -74,6 +76,7 @@ class DependencySearcher(Searcher):
         self.failed: set[str] = set()
         self.skipped: dict[str, str] = {}  # trial key -> why it was not run
         self._on_skip = on_skip
+        self._grow = grow
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         ready = [t for t in self._waiting if t.depends_on is None or t.depends_on in self._finished]
@@ -86,7 +89,8 @@ class DependencySearcher(Searcher):
             for trial in list(self._waiting):
                 self._skip(trial, "its rotation trial did not finish in this invocation")
             return self.suggest(trial_id)  # a cell whose search just ended may have planned its choice
-        return Searcher.FINISHED if not self._waiting and not self._searching else None
+        may_grow = self._grow and any(t.group for t in self._running.values())  # its end may add trials
+        return Searcher.FINISHED if not self._waiting and not self._searching and not may_grow else None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Tune calls this once per trial: after its last retry failed (error), when it ended, or when it was
@@ -102,6 +106,15 @@ class DependencySearcher(Searcher):
             self._finished.add(trial.key)
         if trial.search in self._searching:  # finished, stopped, failed, or ended unfinished (the choice reads
             self._search_done(trial.search, trial.key)  # each trial's state from its files: nothing hangs on it)
+        self._grown(trial)
+
+    def _grown(self, trial: Trial) -> None:
+        if self._grow and trial.group:
+            self._add(self._grow(trial, self.failed | set(self.skipped)))
+
+    def _add(self, trials: list[Trial]) -> None:
+        known = {t.key for t in self._waiting} | {t.key for t in self._running.values()}
+        self._waiting += [t for t in trials if t.key not in self._finished and t.key not in known]
 
     def _skip(self, trial: Trial, why: str) -> None:
         self._waiting.remove(trial)
@@ -110,6 +123,7 @@ class DependencySearcher(Searcher):
             self._on_skip(trial, why)
         if trial.search in self._searching:
             self._search_done(trial.search, trial.key)
+        self._grown(trial)
 
     def _search_done(self, cell: str, key: str) -> None:
         """A search trial of `cell` finished, was stopped, failed or was skipped: when it was the cell's last,
@@ -118,9 +132,7 @@ class DependencySearcher(Searcher):
         left.discard(key)
         if not left:
             del self._searching[cell]
-            known = {t.key for t in self._waiting} | {t.key for t in self._running.values()}
-            self._waiting += [t for t in self._expand(cell, self.failed | set(self.skipped))
-                              if t.key not in self._finished and t.key not in known]
+            self._add(self._expand(cell, self.failed | set(self.skipped)))
 
     def save(self, checkpoint_path: str) -> None:  # nothing to save (see the module docstring); Tune asks anyway
         open(checkpoint_path, "w").close()

@@ -24,10 +24,10 @@ from ..storage import provenance, store
 from ..storage.files import unwritable
 from ..storage.store import Location
 from ..study import records
-from ..study.spec import Spec, Trial, load_spec, plan, trial_dir
+from ..study.decisions import effects, plan_study, search_history
+from ..study.spec import Spec, Trial, load_spec, trial_dir
 from ..study.trial_states import DONE
-from ..study.tuning import choose
-from ..trial.rundir import mark_stopped, read_rows
+from ..trial.rundir import mark_stopped
 from .console import say
 
 
@@ -121,31 +121,6 @@ def unfinished_trials(study_dir: Location, failed: dict[str, str], skipped: dict
     """How many of the current spec's trials are not done and did not fail or get skipped."""
     return sum(1 for r in records.trial_records(study_dir) if r["current"] and r["state"] not in DONE
                and r["key"] not in failed and r["key"] not in skipped)
-
-
-def plan_study(spec: Spec, study_dir: Location, failed: set[str] = frozenset(),
-               fresh: bool = False) -> tuple[list[Trial], dict[str, dict]]:
-    """The spec's trials, with the chosen configuration of every cell whose search is done (read from the
-    study's trial dirs: finished, stopped early, or in `failed`), and those cells' choices."""
-    trials = plan(spec, study_dir)
-    if not spec.tune or fresh:
-        return trials, {}
-    cells: dict[str, list[dict]] = {}
-    for t in (t for t in trials if t.search):
-        location = trial_dir(study_dir, t)
-        rows = read_rows(location)
-        state = records.done_state(location, rows, t.config.to_dict()) or ("failed" if t.key in failed else "to do")
-        cells.setdefault(t.search, []).append({"values": {k: getattr(t.config, k) for k in t.tuned},
-                                               "seed": t.config.seed, "rows": rows, "state": state})
-    choices = {cell: c for cell, search in cells.items() if (c := choose(spec.tune, search)) is not None}
-    return plan(spec, study_dir, choices), choices
-
-
-def search_history(spec: Spec, study_dir: Location) -> dict[str, tuple[str, list[dict]]]:
-    """key -> (cell, epoch rows) of every search trial that reported an epoch, done ones included: what ASHA
-    replays so that a resumed search stops what the uninterrupted one would have."""
-    return {t.key: (t.search, rows) for t in plan(spec, study_dir)
-            if t.search and (rows := read_rows(trial_dir(study_dir, t)))}
 
 
 def resolve_address(address: str | None, timeout: float = 5.0) -> str | None:
@@ -325,12 +300,14 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
         if t.search:
             searching.setdefault(t.search, set()).add(t.key)
     stopped_keys: set[str] = set()
+    planned_keys = {t.key for t in trials} | set(done)  # in this run so far: what expand and grow add is new
 
     def expand(cell: str, failed: set[str]) -> list[Trial]:
         """The cell's search is done: plan its choice, record it, hand its new trials to the searcher."""
         planned, choices = plan_study(spec, study_dir, failed)
-        new = [t for t in planned if t.chosen == cell and not t.search and t.key not in done]  # a search trial
-        # of the chosen configuration is that cell's choice on its seed: it was counted and has run
+        # a search trial of the chosen configuration is that cell's choice on its seed: it was counted and has run
+        new = [t for t in planned if t.chosen == cell and not t.search and t.key not in planned_keys]
+        planned_keys.update(t.key for t in new)
         records.add_trials(study_dir, manifest, [t for t in planned if t.chosen == cell], choices)
         progress.add(to_train(new, lambda t: t.config.epochs))
         choice = choices.get(cell)
@@ -342,6 +319,27 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
                        f"{choice['tried']} tried, {choice['stopped']} stopped early); {len(new)} trial(s) to train")
         return new
 
+    def grow(trial: Trial, failed: set[str]) -> list[Trial]:
+        """A trial of an until cell ended: when it was the last of its cell's first round, the cell's seeds
+        are decided (precision.py) and the trials they need join the run (and the study's record)."""
+        if trial.config.seed not in spec.seeds:  # only the first round decides
+            return []
+        planned, choices = plan_study(spec, study_dir, failed)
+        new = [t for t in planned if t.key not in planned_keys]
+        if not new:
+            return []
+        planned_keys.update(t.key for t in new)
+        records.add_trials(study_dir, manifest, new, choices)
+        progress.add(to_train(new, lambda t: t.config.epochs))
+        grown = {t.group for t in new if t.group}
+        for e in effects(spec, study_dir, planned, failed):
+            if e.group in grown:
+                capped = e.seeds == spec.until.max_seeds and e.needed > e.seeds
+                progress.event(f"seeds    {e.group}: {e.variant} - {e.baseline}: first round sd {e.s0:.2f} pts; "
+                               f"Stein's rule asks for {e.needed} pairs for ±{spec.until.halfwidth:g}: {e.seeds} "
+                               f"seeds{' (max_seeds)' if capped else ''}")
+        return new
+
     def stop(key: str, epoch: int) -> None:
         stopped_keys.add(key)
         mark_stopped(trial_dir(study_dir, by_key[key]), epoch, "asha")
@@ -350,12 +348,15 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
     searcher = DependencySearcher(trials, done, lambda t: TrialParam(
         key=t.key, name=t.name, config=t.config.to_dict(), dir=str(trial_dir(study_dir, t)), cpu=spec.cpu, gpu=gpu,
         search=t.search), searching, expand, stopped_keys,
-        lambda t, why: progress.skip(t.name, why))
+        lambda t, why: progress.skip(t.name, why), grow if spec.until else None)
     scheduler = None
     if spec.tune and spec.tune.scheduler == "asha":
         scheduler = SearchScheduler(spec.tune, search_history(spec, study_dir), stop)
     seeds = next(a.values for a in spec.axes if a.key == "seed")
     bound = len(trials) + len(searching) * len(seeds)  # + each searching cell's choice on every seed
+    if spec.until:  # + every cell's extra seeds at most, each with its rotation trial
+        per_seed = sum(1 for t in plan_study(spec, study_dir)[0] if t.config.seed == seeds[0]) + len(searching)
+        bound += (spec.until.max_seeds - len(seeds)) * per_seed
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": spec.cpu, "gpu": gpu}),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=bound, reuse_actors=True,

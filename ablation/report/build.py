@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..storage.atomic import write_atomic
+from ..study.records import current_spec
 from . import render
 from .checks import NOTE, warnings
 from .figures import write_figures
@@ -127,7 +128,7 @@ def _build(manifest: dict, epochs: pd.DataFrame, trials: pd.DataFrame, out: Path
     (out / "figures").mkdir(parents=True, exist_ok=True)
     write_frame(epochs, out / "tables", "epochs")
     write_frame(trials, out / "tables", "trials")
-    tables = build_tables(trials, manifest.get("choices", {}))
+    tables = build_tables(trials, manifest.get("choices", {}), current_spec(manifest))
     for table in tables:
         write_table(table, out / "tables")
     effect = next((t.frame for t in tables if t.name == "pretraining_effect"), pd.DataFrame())

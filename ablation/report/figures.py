@@ -173,6 +173,9 @@ def pretraining_gap(epochs, trials, effect):
         for offset, m, ls in ((-0.06, GAP_BEST, "-"), (0.06, GAP_FINAL, "--")):
             _errorbars(ax, g["freeze"] + offset, [_interval(r, m.label) for _, r in g.iterrows()], color=color, ls=ls,
                        label=", ".join(filter(None, [variant, METRIC_STYLE[m.column][0]])))
+        for _, r in g.iterrows():  # cells may have different n (a precision target gives each its own)
+            ax.annotate(f"n={int(r['n pairs'])}", (r["freeze"], r[f"{GAP_BEST.label} mean"]), xytext=(8, 0),
+                        textcoords="offset points", fontsize=8, color=color, va="center")
     ref = effect.dropna(subset=[f"{GAP_BEST.label} report"])
     if len(ref):
         ax.scatter(ref["freeze"], ref[f"{GAP_BEST.label} report"], marker="x", s=60, color="black",

@@ -36,7 +36,8 @@ SUMMARY = ["task", "numerics", "protocol", "state", "damage", "current", "finish
            "retrained", "code", "final_test_acc", "best_test_acc", "best_epoch", "lowest_test_loss", "wall_time_s",
            "pretrained_digest", "ran_on", "best_val_epoch", "test_acc_at_best_val", "best_val_acc", "depends_on",
            "backbone_digest", "checks"]
-ROLE = ["search", "chosen", "tuned"]  # a tune block's search cell, chosen cell, searched keys ("" for none)
+ROLE = ["search", "chosen", "tuned",  # a tune block's search cell, chosen cell, searched keys ("" for none)
+        "group", "variant"]  # an until block's cell and side of its effects (precision.py; "" for none)
 
 
 def _config_columns(record: dict[str, Any], by_key: dict[str, dict]) -> dict[str, Any]:
@@ -101,7 +102,8 @@ def load_study(study_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFr
                            "backbone_digest": r["rows"][-1].get("backbone_digest") if r["rows"] else None,
                            "checks": trial_checks(r, by_key),
                            "search": r.get("search", ""), "chosen": r.get("chosen", ""),
-                           "tuned": ",".join(r.get("tuned", []))})
+                           "tuned": ",".join(r.get("tuned", [])), "group": r.get("group", ""),
+                           "variant": r.get("variant", "")})
         if r["current"]:
             epoch_rows += [{**base, **{new: row.get(old) for old, new in EPOCH_KEYS.items()}} for row in r["rows"]]
     # pretrain.<key> columns that are the same for every pretrained trial say nothing: the rotation rows show them

@@ -12,12 +12,13 @@ import math
 import numpy as np
 import pandas as pd
 
-from .tables import Table
+from .tables import Table, boot_note
 
 LABELS = {"labels_per_class": "labels/class"}  # shorter headers; any other key is shown by its name
 ALL_LABELS = {"labels_per_class", "pretrain.labels_per_class"}  # 0 means every label: shown as "all"
 HIDDEN = (" std", " CI low", " CI high", " report", " report outside CI", " PI low", " PI high", " report outside PI",
-          " n")  # in the CSV, not the Markdown (the Findings quote the prediction intervals)
+          " n", " boot low", " boot high", " P(better) low", " P(better) high")  # in the CSV, not the Markdown
+# (the Findings quote the prediction intervals; boot and P(better) intervals are shown beside their value)
 DAGGER, DOUBLE_DAGGER = "†", "‡"  # outside the CI of our mean; outside the prediction interval of one run too
 MISSING = "—"
 
@@ -37,6 +38,8 @@ def fmt(column: str, value) -> str:
             return f"{value:g}"
         if column.endswith(" p"):
             return "<0.001" if value < 0.001 else f"{value:.3f}"
+        if "P(better)" in column:
+            return f"{value:.2f}"
         return f"{value:.3f}" if "loss" in column else f"{value:+.2f}" if "diff" in column else f"{value:.2f}"
     return str(value)
 
@@ -73,13 +76,23 @@ def display(table: Table) -> tuple[str, list[tuple[str, list[str]]], set[str]]:
     for col in df.columns:
         if col in table.keys or col.endswith(HIDDEN):
             continue
+        if col.endswith(" P(better)"):
+            lows, highs = ([fmt(col, v) for v in df[f"{col} {end}"]] for end in ("low", "high"))
+            columns.append(("P(better)", [MISSING if v == MISSING else f"{v} [{a}, {b}]"
+                                          for v, a, b in zip((fmt(col, v) for v in df[col]), lows, highs)]))
+            continue
         if not col.endswith(" mean"):
-            columns.append((col.split(" ")[-1] if col.endswith((" t", " p")) else col, [fmt(col, v) for v in df[col]]))
+            head = "Holm p" if col.endswith(" Holm p") else col.split(" ")[-1] if col.endswith((" t", " p")) else \
+                "seeds for ±" + col.rpartition("±")[2] if " seeds for ±" in col else col
+            columns.append((head, [fmt(col, v) for v in df[col]]))
             continue
         p = col[: -len(" mean")]
         columns.append((p, [_mean_sd(fmt(col, m), fmt(col, s)) for m, s in zip(df[col], df[f"{p} std"])]))
         lows, highs = ([fmt(col, v) for v in df[f"{p} CI {end}"]] for end in ("low", "high"))
         columns.append(("95% CI", [MISSING if MISSING in (a, b) else f"[{a}, {b}]" for a, b in zip(lows, highs)]))
+        if f"{p} boot low" in df and df[f"{p} boot low"].notna().any():
+            lows, highs = ([fmt(col, v) for v in df[f"{p} boot {end}"]] for end in ("low", "high"))
+            columns.append(("boot 95%", [MISSING if MISSING in (a, b) else f"[{a}, {b}]" for a, b in zip(lows, highs)]))
         if f"{p} report" in df:
             marks = [DOUBLE_DAGGER if pi else DAGGER if ci else "" for ci, pi in
                      zip(df[f"{p} report outside CI"].astype(bool), df[f"{p} report outside PI"].astype(bool))]
@@ -90,6 +103,10 @@ def display(table: Table) -> tuple[str, list[tuple[str, list[str]]], set[str]]:
 
 def notes(table: Table, marks: set[str]) -> list[str]:
     out = list(table.notes)
+    boots = [c for c in table.frame.columns if c.endswith(" boot low")]
+    if boots:  # said once per table: given where a cell has enough seeds, and why absent where none has
+        out.append(boot_note(any(table.frame[c].notna().any() for c in boots),
+                             any(table.frame[c].isna().any() for c in boots)))
     one = " / ".join(sorted({m.sample for m in table.metrics if m.reference}))  # what the report's number is
     if DAGGER in marks:
         out.append(f"{DAGGER} the report's number (one {one}) lies outside the 95% CI of our mean, but inside the "

@@ -15,9 +15,11 @@ from typing import Callable
 
 import pandas as pd
 
+from ..study.precision import METRICS as PRECISION_METRICS
+from ..study.precision import assess, collect, extra_seeds, seeds_needed
 from . import reference
 from .frames import cell_keys, groups, search_only
-from .stats import Interval, paired_test, t_interval
+from .stats import BOOTSTRAP_MIN, Interval, bootstrap_interval, holm, improvement, paired_test, t_interval
 
 # In every table (its caption when constant): which study this is. task: what the data is (frames.py); a dataset
 # key that varies is a cell key like any other.
@@ -27,8 +29,21 @@ SUMMARY_NOTE = ("best = highest test accuracy over epochs (what the report print
                 "Mean ± sample sd over seeds; 95% CI = Student t-interval over seeds (none with n < 2). "
                 "Only finished trials count: n seeds of planned.")
 EFFECT_NOTE = ("diff = pretrained - random accuracy of the same seed, in points (best or final epoch); mean ± sd "
-               "and 95% t-interval over seed pairs; t, p = paired t-test (scipy.stats.ttest_rel); "
-               "none with fewer than 2 finished pairs. report = the report's pretrained - random.")
+               "and 95% t-interval over seed pairs; t, p = paired t-test (scipy.stats.ttest_rel); Holm p = p "
+               "adjusted by Holm's step-down over this table's rows (several cells tested at once); none with fewer "
+               "than 2 finished pairs. report = the report's pretrained - random. P(better) = share of seed pairs "
+               "in which pretrained beat random (ties 1/2; Bouthillier et al. 2021), with its 95% Wilson interval "
+               "(scipy.stats.binomtest). seeds for ±h = the smallest n with t(n-1) sd / sqrt(n) <= h, taking this "
+               "sd as the truth: what a study asking that half-width would need (ablation plan).")
+
+
+def boot_note(given: bool, some_absent: bool) -> str:
+    """The table note on bootstrap intervals: what they are, and why absent where they are."""
+    what = (f"boot = 95% BCa bootstrap interval of the mean (scipy.stats.bootstrap, 9999 resamples, seeded), "
+            f"given from {BOOTSTRAP_MIN} seeds on: resampling fewer values says little")
+    if not given:
+        return f"{what}; no cell here has {BOOTSTRAP_MIN}, so none is given."
+    return f"{what}; — for a cell with fewer." if some_absent else f"{what}."
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,12 @@ def metric_columns(metric: Metric, iv: Interval, cell: dict) -> dict:
     return out
 
 
+def more_columns(metric: Metric, values: pd.Series) -> dict:
+    """The bootstrap interval of the mean of `values` (NaN below BOOTSTRAP_MIN of them)."""
+    low, high = bootstrap_interval(values)
+    return {f"{metric.label} boot low": low, f"{metric.label} boot high": high}
+
+
 def _shared(rows: pd.DataFrame) -> dict:
     """The config values every one of these trials that has the key has (what the report's reference lookup
     reads): pretrain.<key> holds only for the pretrained half of an effect's pairs, and still decides it."""
@@ -103,14 +124,16 @@ def summarize(trials: pd.DataFrame, keys: list[str], metrics: list[Metric]) -> p
         row = {**key, "n seeds": len(done), "planned": len(cell)}
         for m in metrics:
             row.update(metric_columns(m, t_interval(done[m.column] * m.scale), _shared(cell)))
+            row.update(more_columns(m, done[m.column] * m.scale))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def pretraining_effect(finetune: pd.DataFrame, keys: list[str],
-                       gaps: tuple[Metric, ...] = (GAP_BEST, GAP_FINAL)) -> pd.DataFrame:
-    """Pretrained - random per cell, paired by seed: mean difference, 95% CI, paired t-test. A pretrained cell
-    (its pretrain.* keys included) is paired with the random-init cell that matches it on every own key."""
+                       gaps: tuple[Metric, ...] = (GAP_BEST, GAP_FINAL), halfwidth: float = 1.0) -> pd.DataFrame:
+    """Pretrained - random per cell, paired by seed: mean difference, 95% CI, paired t-test and its Holm
+    adjustment over the cells, P(pretrained better), the seeds a ±halfwidth interval would need. A pretrained
+    cell (its pretrain.* keys included) is paired with the random-init cell that matches it on every own key."""
     keys = [k for k in keys if k != "init"]
     own = [k for k in keys if not k.startswith("pretrain.")]
     pretrained, random = (finetune[finetune["init"] == init] for init in INITS)
@@ -127,9 +150,16 @@ def pretraining_effect(finetune: pd.DataFrame, keys: list[str],
             res = paired_test(side["pretrained"][m.column] * m.scale, side["random"][m.column] * m.scale)
             row[f"{m.label} n"] = res.diff.n  # a metric some trials lack (at best val) may have fewer pairs
             row.update(metric_columns(m, res.diff, _shared(pre)))
-            row.update({f"{m.label} t": res.t, f"{m.label} p": res.p})
+            row.update(more_columns(m, res.diffs))
+            better, low, high = improvement(res.diffs)
+            row.update({f"{m.label} t": res.t, f"{m.label} p": res.p, f"{m.label} P(better)": better,
+                        f"{m.label} P(better) low": low, f"{m.label} P(better) high": high,
+                        f"{m.label} seeds for ±{halfwidth:g}": seeds_needed(res.diff.std, halfwidth)})
         rows.append({**key, "n pairs": row[f"{GAP_BEST.label} n"], **row})  # the pairs the findings quote first
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    for m in gaps if len(frame) else ():  # the cells are tested together: each gap's p-values adjusted at once
+        frame.insert(frame.columns.get_loc(f"{m.label} p") + 1, f"{m.label} Holm p", holm(frame[f"{m.label} p"]))
+    return frame
 
 
 def _keys(*groups_of_keys: list[str]) -> list[str]:
@@ -163,15 +193,58 @@ def tuning_choices(trials: pd.DataFrame, choices: dict[str, dict]) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+PRECISION = Metric("effect (pts)", "", sample="seed pair")
+
+
+def precision_note(spec) -> str:
+    u = spec.until
+    return (f"How the study stopped: seeds were added per cell until the 95% interval of each effect "
+            f"({u.effects}: each value - {spec.baseline}, paired by seed, on "
+            f"{u.metric} = {PRECISION_METRICS[u.metric]}) was within ±{u.halfwidth:g} points, at most "
+            f"{u.max_seeds} seeds, by Stein's two-stage rule: the first round ({len(spec.seeds)} seeds) gives the "
+            f"sd s0 of its n0 differences, which alone fixes the pairs the cell gets, N = max(n0, ceil((t(n0-1) "
+            f"s0 / h)^2)) (Stein pairs, capped by max_seeds); the interval is the mean of all finished pairs ± "
+            f"t(n0-1) s0 / sqrt(n), with the first round's sd (shown as ± sd). For normal differences it covers "
+            f"the true effect with probability 95% whatever n the rule chose, and its half-width is at most the "
+            f"target unless max_seeds capped n; the rule never looked at a p-value or at the sign of an effect. "
+            f"stop = target met, max_seeds reached, waiting for seeds (the study stopped or is running before "
+            f"they finished), first round running, or trials failed.")
+
+
+def precision(trials: pd.DataFrame, spec) -> pd.DataFrame:
+    """One row per effect of every until cell: its first round, the seeds the rule gave it, the interval it
+    reached and why it stopped (precision.assess, on the trials' recorded states and scores)."""
+    grouped = trials[trials["current"] & trials["group"].fillna("").ne("")]
+    values = collect((r["group"], r["variant"], int(r["seed"]), r["state"], r[spec.until.metric])
+                     for _, r in grouped.iterrows())
+    rows = []
+    for e in assess(spec.until, spec.seeds, values, dict.fromkeys(values, spec.baseline)):
+        runs, base = values[e.group][e.variant], values[e.group][e.baseline]
+        seeds = [*spec.seeds, *extra_seeds(spec.seeds, e.seeds - len(spec.seeds))]
+        diffs = pd.Series([runs[s] - base[s] for s in seeds if runs.get(s) is not None and base.get(s) is not None],
+                          dtype=float)
+        better, low, high = improvement(diffs)
+        label = PRECISION.label
+        rows.append({"cell": e.group, "effect": f"{e.variant} - {e.baseline}", "first round pairs": e.n0,
+                     "Stein pairs": e.needed or float("nan"), "seeds planned": e.seeds, "n pairs": e.n,
+                     f"{label} mean": e.mean, f"{label} std": e.s0, f"{label} CI low": e.low,
+                     f"{label} CI high": e.high, "half-width (pts)": e.halfwidth, "target (pts)": spec.until.halfwidth,
+                     **more_columns(PRECISION, diffs), f"{label} P(better)": better,
+                     f"{label} P(better) low": low, f"{label} P(better) high": high, "stop": e.reason})
+    return pd.DataFrame(rows)
+
+
 def _context(notes: list[str], trials: pd.DataFrame) -> list[str]:
     """A table's notes, and where its trials depart from the report's setup, the sentence that says how."""
     context = reference.context_note(trials.to_dict("records"))
     return [*notes, context] if context else notes
 
 
-def build_tables(trials: pd.DataFrame, choices: dict[str, dict] | None = None) -> list[Table]:
+def build_tables(trials: pd.DataFrame, choices: dict[str, dict] | None = None, spec=None) -> list[Table]:
     """Every table the current spec's trials support, in report order (absent data: table left out). The
-    freeze 4 / freeze 0 tables are the report's protocol; the rest follow whatever keys vary."""
+    freeze 4 / freeze 0 tables are the report's protocol; the rest follow whatever keys vary. spec: the study's
+    current spec (study.spec.Spec), for its until block."""
+    until = spec.until if spec is not None else None
     current = trials[trials["current"] & ~search_only(trials)]  # a cell's search is its own table
     rotation = current[current["stage"] == "rotation"]
     finetune = current[current["stage"] == "finetune"]
@@ -199,11 +272,15 @@ def build_tables(trials: pd.DataFrame, choices: dict[str, dict] | None = None) -
     if {"pretrained", "random"} <= set(finetune["init"]):
         keys = _keys(SETUP, ["freeze"], ft_keys)  # freeze depth always: the report's question is asked per depth
         gaps = (GAP_BEST, GAP_FINAL, GAP_AT_VAL) if validated else (GAP_BEST, GAP_FINAL)
-        effect = pretraining_effect(finetune, keys, gaps)
+        effect = pretraining_effect(finetune, keys, gaps, until.halfwidth if until else 1.0)
         if len(effect):
             tables.append(Table("pretraining_effect", "Effect of rotation pretraining: pretrained - random, paired by "
                                 "seed (points of test accuracy)", effect, _context([EFFECT_NOTE, *notes[1:]], finetune),
                                 [k for k in keys if k != "init"], gaps))
+    if until and "group" in trials and (frame := precision(trials, spec)).shape[0]:
+        tables.append(Table("precision", f"Precision reached: each effect's 95% interval against the ±"
+                            f"{until.halfwidth:g} point target", frame, [precision_note(spec)], ["cell", "effect"],
+                            (PRECISION,)))
     if "search" in trials and (trials["current"] & trials["search"].fillna("").ne("")).any():
         tables.append(Table("tuning_choices", "Each cell's chosen nuisance hyperparameters (validation split)",
                             tuning_choices(trials, choices or {}), [TUNING_NOTE], keys=["cell"]))

@@ -28,7 +28,7 @@ from ..storage import provenance, store
 from ..storage.store import Location
 from ..trial.config import dataset_of
 from ..trial.rundir import read_rows_checked, stopped, trained_log
-from .spec import TRIALS_DIR, Spec, Trial
+from .spec import TRIALS_DIR, Spec, Trial, parse_spec
 from .trial_states import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, RUNNING, SKIPPED, STOPPED, WAITING
 
 MANIFEST = "manifest.json"
@@ -162,7 +162,8 @@ def move_aside(study_dir: Path) -> Path:
 def trial_entry(trial: Trial) -> dict[str, Any]:
     return {"name": trial.name, "dir": trial.dirname, "config": trial.config.to_dict(),
             "depends_on": trial.depends_on, "pretrain": [list(p) for p in trial.pretrain],
-            "search": trial.search, "chosen": trial.chosen, "tuned": list(trial.tuned)}
+            "search": trial.search, "chosen": trial.chosen, "tuned": list(trial.tuned), "group": trial.group,
+            "variant": trial.variant}
 
 
 def add_trials(study_dir: Location, manifest: dict[str, Any], trials: list[Trial],
@@ -225,6 +226,15 @@ def save_manifest(study_dir: Location, manifest: dict[str, Any]) -> None:
 
 def trial_location(study_dir: Location, entry: dict[str, Any]) -> Location:
     return store.child(study_dir, TRIALS_DIR, entry["dir"])
+
+
+def current_spec(manifest: dict[str, Any]) -> Spec | None:
+    """The spec of the study's newest invocation, where what reads the study needs it (an until block: the
+    report's precision table, status); None for a study without an until block."""
+    runs = manifest.get("invocations") or []
+    if not runs or not runs[-1].get("spec", {}).get("until"):
+        return None
+    return parse_spec(runs[-1]["spec"], where=f"{manifest.get('study', 'study')}: manifest.json")
 
 
 def current_keys(manifest: dict[str, Any]) -> list[str]:

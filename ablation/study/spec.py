@@ -31,6 +31,7 @@ from ..storage import store
 from ..storage.files import read_yaml
 from ..storage.store import Location
 from ..trial.config import LOCATION_KEYS, TrialConfig, coerce
+from .precision import Until, extra_seeds, parse_until
 from .tuning import TuneBlock, configurations, parse_tune
 
 BOTH, PRETRAIN, FINETUNE = "", "pretrain", "finetune"  # the scope of an axis or a block
@@ -42,7 +43,7 @@ SHORTHAND = {"seeds": (BOTH, "seed"), "stem": (BOTH, "stem"), "init": (FINETUNE,
 DEFAULT_AXES = {"seeds": [0], "init": ["pretrained", "random"], "freeze": [4, 0]}
 PLANNED = {"stage", "pretrained_from"}  # set by the planner only
 SPEC_KEYS = {"name", "description", "pretrain", "finetune", "resources", "max_failures", "max_concurrent", "axes",
-             "tune", *SHORTHAND}
+             "tune", "until", *SHORTHAND}
 TRIALS_DIR = "trials"
 
 
@@ -67,6 +68,8 @@ class Trial:
     search: str = ""  # the cell whose search this trial belongs to (tuning.py), "" for none
     chosen: str = ""  # the cell whose chosen configuration this trial runs, "" for none
     tuned: tuple = ()  # the keys the tune block searches (set on search and chosen trials)
+    group: str = ""  # with an until block: the cell whose effects it measures (precision.py), "" for none
+    variant: str = ""  # ... and which side of them: the effect axis's value (init: with its pretraining)
 
     @property
     def dirname(self) -> str:
@@ -89,6 +92,20 @@ class Spec:
     max_concurrent: int = 0
     description: str = ""
     tune: TuneBlock | None = None
+    until: Until | None = None
+    effect: Axis | None = None  # the axis until.effects names
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The study's seeds: with an until block, its first round."""
+        return next(a.values for a in self.axes if a.key == "seed")
+
+    @property
+    def baseline(self) -> str:
+        """The variant every other one of a cell is compared with: random init, else the axis's last value."""
+        effect = self.effect
+        return "random" if effect.key == "init" else _tag(effect.label if effect.scope == PRETRAIN else effect.key,
+                                                          effect.values[-1])
 
     @property
     def digest(self) -> str:
@@ -222,30 +239,59 @@ def parse_spec(raw: dict[str, Any], where: str, base: Path | None = None) -> Spe
     cpu, gpu = _resources(raw, where)
     seeds = next(a.values for a in axes if a.key == "seed")
     tune = parse_tune(raw.get("tune"), list(seeds), where)
+    until, effect = parse_until(raw.get("until"), axes, seeds, where) or (None, None)
     for key in tune.keys if tune else ():
         if key in blocks[FINETUNE] or any(a.key == key and a.scope in (BOTH, FINETUNE) for a in axes):
             raise ConfigError(f"{where}: tune.space: {key} is searched and also fixed in finetune: or an axis; "
                               f"keep one")
     return Spec(name=name, raw=json.loads(json.dumps(raw, default=str)), common=_absolute(common, base),
                 blocks=blocks, axes=axes, cpu=cpu, gpu=gpu, max_failures=raw.get("max_failures", 2),
-                max_concurrent=raw.get("max_concurrent", 0), description=str(raw.get("description", "")), tune=tune)
+                max_concurrent=raw.get("max_concurrent", 0), description=str(raw.get("description", "")), tune=tune,
+                until=until, effect=effect)
 
 
 def _grid(axes: list[Axis]) -> list[dict[Axis, Any]]:
     return [dict(zip(axes, combo)) for combo in itertools.product(*(a.values for a in axes))]
 
 
+def _tag(label: str, value: Any) -> str:
+    return f"{label}={value:g}" if isinstance(value, float) else f"{label}={value}"
+
+
 def _name(stage_part: str, seed: int, tags: list[tuple[str, Any]]) -> str:
     defaults = TrialConfig()
-    shown = [f"{label}={value:g}" if isinstance(value, float) else f"{label}={value}" for label, value in tags
-             if value != getattr(defaults, label.rpartition(".")[2])]
+    shown = [_tag(label, value) for label, value in tags if value != getattr(defaults, label.rpartition(".")[2])]
     return "-".join([stage_part, *shown, f"s{seed}"])
 
 
-def plan(spec: Spec, study_dir: Location, choices: dict[str, dict] | None = None) -> list[Trial]:
+def precision_cell(spec: Spec, ft_values: dict[Axis, Any], pre_values: dict[Axis, Any]) -> tuple[str, str]:
+    """(group, variant) of a fine-tuning trial under the until block: the group is every axis value but the
+    seed's and the effect's (init: and the pretraining's, which only its pretrained side has); the variant is
+    the effect's value (init: pretrained with its pretraining values, or random)."""
+    effect = spec.effect
+    everything = {**ft_values, **pre_values}
+    def tag(a: Axis, v: Any) -> str:  # as trial names say it: a fine-tuning key by name, pretrain.<key> in full
+        return _tag(a.label if a.scope == PRETRAIN else a.key, v)
+
+    if effect.key == "init":
+        init = ft_values[effect]
+        group = [tag(a, v) for a, v in ft_values.items() if a.key not in ("seed", "init")]
+        variant = " ".join([init, *(tag(a, v) for a, v in pre_values.items())])
+    else:
+        group = [tag(a, v) for a, v in everything.items() if a.key != "seed" and a != effect]
+        if effect not in everything:  # a random-init trial, when the effect is a pretraining axis: no side
+            return "", ""
+        variant = tag(effect, everything[effect])
+    return " ".join(group) or "all", variant
+
+
+def plan(spec: Spec, study_dir: Location, choices: dict[str, dict] | None = None,
+         extra: dict[str, int] | None = None) -> list[Trial]:
     """Every trial the spec asks for, rotation trials first, in a stable order, configs validated. With a tune
     block: each cell's search trials, and its chosen configuration on every seed for the cells in `choices`
-    (cell -> tuning.choose's answer); a chosen trial that is a search trial is one trial, marked both."""
+    (cell -> tuning.choose's answer); a chosen trial that is a search trial is one trial, marked both. With an
+    until block: each group's trials on the seeds beyond the first round that `extra` (group -> how many;
+    precision.py decides) gives it, and the rotation trials those seeds need (shared, as every rotation trial)."""
     shared = [a for a in spec.axes if a.scope == BOTH]
     pre_axes = [a for a in spec.axes if a.scope == PRETRAIN]
     ft_axes = [a for a in spec.axes if a.scope == FINETUNE]
@@ -255,6 +301,24 @@ def plan(spec: Spec, study_dir: Location, choices: dict[str, dict] | None = None
     block = spec.tune
     searched = configurations(block) if block else [{}]
     tuned = tuple(block.keys) if block else ()
+    added = extra or {}
+    seed_axis = next(a for a in shared if a.key == "seed")  # the first shared axis: seeds outermost, as ever
+    others = [a for a in shared if a is not seed_axis]
+    more = extra_seeds(seed_axis.values, max(added.values(), default=0))
+
+    def fanned():
+        """(fine-tuning values, pretraining values, group, variant) of every fine-tune, seed by seed: the
+        first round's seeds, then each group's extra ones."""
+        for seed in (*seed_axis.values, *more):
+            for rest in _grid(others + ft_axes):
+                ft_values = {seed_axis: seed, **rest}
+                for pre_values in (_grid(pre_axes) if ft_values_init(ft_values) == "pretrained" else [{}]):
+                    group, variant = precision_cell(spec, ft_values, pre_values) if spec.until else ("", "")
+                    if seed in seed_axis.values or added.get(group, 0) > more.index(seed):
+                        yield ft_values, pre_values, {"group": group, "variant": variant}
+
+    def ft_values_init(ft_values: dict[Axis, Any]) -> str:
+        return next(v for a, v in ft_values.items() if a.key == "init")  # init always has an axis
 
     def config(scope: str, values: dict[Axis, Any], tid: str, extra: dict | None = None) -> TrialConfig:
         merged = {**spec.common, **spec.blocks[scope], **{a.key: v for a, v in values.items()}, **(extra or {}),
@@ -292,27 +356,27 @@ def plan(spec: Spec, study_dir: Location, choices: dict[str, dict] | None = None
         finetunes[key] = Trial(key, name, cfg, source.key if source else None,
                                tuple((a.label, v) for a, v in pre_values.items()), **role)
 
-    for ft_values in _grid(shared + ft_axes):
-        init = next(v for a, v in ft_values.items() if a.key == "init")  # init always has an axis
-        for pre_values in (_grid(pre_axes) if init == "pretrained" else [{}]):
-            if not block:
-                finetune(ft_values, pre_values, "", {}, {})
-                continue
-            cell = cell_name(ft_values, pre_values)
-            if values_seed(ft_values) in block.seeds:
-                for nuisance in searched:
-                    finetune(ft_values, pre_values, cell, nuisance, {"search": cell, "tuned": tuned})
-            elif init == "pretrained":  # the rotation trial of every seed is wanted before the choice is known
-                rotation({**{a: v for a, v in ft_values.items() if a.scope == BOTH}, **pre_values})
-    for ft_values in _grid(shared + ft_axes) if block else ():  # chosen configurations, after every search trial
-        init = next(v for a, v in ft_values.items() if a.key == "init")
-        for pre_values in (_grid(pre_axes) if init == "pretrained" else [{}]):
-            choice = (choices or {}).get(cell_name(ft_values, pre_values)) or {}
-            if choice.get("values"):
-                finetune(ft_values, pre_values, "", choice["values"],
-                         {"chosen": cell_name(ft_values, pre_values), "tuned": tuned})
+    for ft_values, pre_values, side in fanned():
+        if not block:
+            finetune(ft_values, pre_values, "", {}, side)
+            continue
+        cell = cell_name(ft_values, pre_values)
+        if values_seed(ft_values) in block.seeds:
+            for nuisance in searched:
+                finetune(ft_values, pre_values, cell, nuisance, {"search": cell, "tuned": tuned})
+        elif ft_values_init(ft_values) == "pretrained":  # every seed's rotation trial is wanted before the choice
+            rotation({**{a: v for a, v in ft_values.items() if a.scope == BOTH}, **pre_values})
+    for ft_values, pre_values, side in fanned() if block else ():  # chosen configurations, after every search
+        choice = (choices or {}).get(cell_name(ft_values, pre_values)) or {}
+        if choice.get("values"):
+            finetune(ft_values, pre_values, "", choice["values"],
+                     {"chosen": cell_name(ft_values, pre_values), "tuned": tuned, **side})
     trials = list(rotations.values()) + list(finetunes.values())
     _check_unique(spec, trials)
+    if spec.until and spec.until.metric == "test_acc_at_best_val" and any(
+            not t.config.val_split for t in trials if t.group):
+        raise ConfigError(f"{spec.name}: until: metric=test_acc_at_best_val needs validation data; set val_split: N "
+                          f"(e.g. 5000 training images held out), or use metric: final_test_acc")
     if block and any(not t.config.val_split for t in trials if t.search):
         raise ConfigError(f"{spec.name}: tune: the search selects on validation data; set val_split: N (e.g. 5000 "
                           f"training images held out)")

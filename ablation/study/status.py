@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .records import read_manifest, trial_records
+from .precision import WAITING, assess, collect, score
+from .records import current_spec, read_manifest, trial_records
 
 COLUMNS = ("trial", "key", "state", "epochs", "test_acc", "last on")
 
@@ -46,10 +47,31 @@ def print_status(study_dir: Path) -> int:
         score = f" ({choice['metric']} {choice['score']:.4f})" if choice.get("score") is not None else ""
         print(f"chosen for {cell}: {values}{score}, {choice.get('tried')} configurations tried, "
               f"{choice.get('stopped')} search trials stopped early")
+    for line in precision_lines(manifest, records):
+        print(line)
     if outside:
         print(f"\n{len(outside)} trial(s) outside the current spec (kept on disk, not in the report):")
         _print_table(outside)
     return 0
+
+
+def precision_lines(manifest: dict, records: list[dict]) -> list[str]:
+    """Per effect of an until cell: pairs finished of the seeds planned, the half-width now, and where it
+    stands (waiting for seeds, target met, ...)."""
+    spec = current_spec(manifest)
+    if spec is None:
+        return []
+    values = collect((r["group"], r["variant"], r["config"]["seed"], r["state"],
+                      score(r["rows"], spec.until.metric) if r["rows"] else None)
+                     for r in records if r["current"] and r.get("group"))
+    out = []
+    for e in assess(spec.until, spec.seeds, values, dict.fromkeys(values, spec.baseline)):
+        now = "—" if e.halfwidth != e.halfwidth else f"±{e.halfwidth:.2f}"
+        out.append(f"until {e.group}: {e.variant} - {e.baseline}: n {e.n} of {e.seeds} seeds planned, {now} "
+                   f"(target ±{spec.until.halfwidth:g}), {e.reason}"
+                   + (" (rerun the sweep to train them)" if e.reason == WAITING and not any(
+                       r["state"] == "running" for r in records) else ""))
+    return out
 
 
 def _print_table(rows: list[dict]) -> None:

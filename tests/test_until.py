@@ -1,0 +1,129 @@
+"""A spec's `until:` block end to end: what it refuses, what the planner adds for the seeds it decides, decisions
+rebuilt from the trials' files (a tighter target adds seeds, a looser one trains nothing), and a driver
+SIGKILLed while a cell waits for its next seed resuming to the same decisions and tables, nothing retrained."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import write_spec
+from helpers import kill_driver, start_driver, sweep, trained_by_trial, trial_dirs, wait_for
+
+from ablation.cli import main
+from ablation.study.decisions import effects, plan_study
+from ablation.study.spec import load_spec, plan, trial_dir
+
+UNTIL = {"halfwidth": 1.0, "max_seeds": 6, "effects": "init"}
+
+
+@pytest.mark.parametrize("until, message", [
+    ({**UNTIL, "halfwidth": 0}, "until: halfwidth=0 must be a number of points > 0"),
+    ({**UNTIL, "halfwidth": -1.5}, "until: halfwidth=-1.5 must be a number of points > 0"),
+    ({**UNTIL, "max_seeds": 1}, "until: max_seeds=1 must be an integer >= the first round's 2 seeds"),
+    ({**UNTIL, "effects": "stem"}, "until: effects='stem' is not an axis this spec varies; choose one of"),
+    ({**UNTIL, "effects": "lr"}, "until: effects='lr' is not an axis this spec varies"),
+    ({**UNTIL, "metric": "val_acc"}, "until: metric='val_acc' is not one of final_test_acc, best_test_acc"),
+    ({**UNTIL, "metric": "test_acc_at_best_val"}, "metric=test_acc_at_best_val needs validation data; set val_split"),
+    ({**UNTIL, "halfwith": 1}, "unknown key 'halfwith'"),
+    ([1.0], "until: must be a mapping"),
+])
+def test_bad_until_blocks_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, until, message):
+    spec = write_spec(tmp_path / "s.yaml", until=until)
+    assert main(["sweep", str(spec), "--storage", str(tmp_path / "studies")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "studies").exists()
+
+
+def test_a_first_round_of_one_seed_is_refused(tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.yaml", seeds=[0], until=UNTIL)
+    assert main(["sweep", str(spec), "--storage", str(tmp_path / "studies")]) == 2
+    assert "the first round needs at least 2 seeds" in capsys.readouterr().err
+
+
+def test_extra_seeds_plan_only_that_cells_trials_and_the_rotation_runs_they_need(tmp_path):
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", until=UNTIL)))
+    first = plan(spec, tmp_path)
+    plain = load_spec(str(write_spec(tmp_path / "p.yaml")))
+    assert [t.key for t in first] == [t.key for t in plan(plain, tmp_path)]  # the block changes no trial
+    assert {(t.group, t.variant) for t in first if t.config.stage == "finetune"} == {
+        (g, v) for g in ("freeze=4", "freeze=0") for v in ("pretrained", "random")}
+    grown = plan(spec, tmp_path, extra={"freeze=0": 2})
+    new = sorted(t.name for t in grown if t.key not in {t.key for t in first})
+    assert new == sorted(["rot-s2", "rot-s3", "ft-pretrained-f0-s2", "ft-random-f0-s2", "ft-pretrained-f0-s3",
+                          "ft-random-f0-s3"])
+
+
+def _finish(study, trial, test_acc: float) -> None:
+    """A trial's files as a finished run leaves them (its epoch rows; the last one's test_acc is its score)."""
+    location = trial_dir(study, trial)
+    location.mkdir(parents=True, exist_ok=True)
+    rows = [{"epoch": e, "test_acc": test_acc, "test_loss": 1.0, "epoch_time_s": 1.0}
+            for e in range(1, trial.config.epochs + 1)]
+    (location / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_decisions_come_from_the_files_tighter_targets_add_seeds_looser_ones_train_nothing(tmp_path):
+    """First round of 3 seeds: freeze 4's differences agree (sd 0.1 point), freeze 0's do not (sd ~3): Stein's
+    rule gives freeze 4 no seed more and freeze 0 the seeds its sd asks for, up to max_seeds; the decision is
+    made again, the same, from the files alone; a looser target then plans none, a tighter one more."""
+    path = write_spec(tmp_path / "s.yaml", seeds=[0, 1, 2], until=UNTIL)
+    spec = load_spec(str(path))
+    study = tmp_path / "study"
+    diffs = {"freeze=4": [2.0, 2.1, 2.2], "freeze=0": [1.0, 4.0, -2.0]}
+    for t in plan(spec, study):
+        if t.config.stage == "finetune":
+            d = diffs[t.group][t.config.seed] if t.variant == "pretrained" else 0.0
+            _finish(study, t, 0.5 + d / 100)
+    trials, _ = plan_study(spec, study)
+    by = {e.group: e for e in effects(spec, study, trials)}
+    assert by["freeze=4"].reason == "target met" and by["freeze=4"].seeds == 3
+    assert by["freeze=0"].needed > 6 and by["freeze=0"].seeds == 6 and by["freeze=0"].reason == "waiting for seeds"
+    added = {t.name for t in trials} - {t.name for t in plan(spec, study)}
+    assert added == {f"{kind}-s{s}" for s in (3, 4, 5) for kind in ("rot", "ft-pretrained-f0", "ft-random-f0")}
+    assert plan_study(spec, study)[0] == trials  # rebuilt from the files: the same trials
+
+    loose = load_spec(str(path), {"until": yaml.safe_dump({**UNTIL, "halfwidth": 50.0})})
+    assert {t.key for t in plan_study(loose, study)[0]} == {t.key for t in plan(spec, study)}  # nothing more
+    tight = load_spec(str(path), {"until": yaml.safe_dump({**UNTIL, "max_seeds": 8})})
+    more = {t.name for t in plan_study(tight, study)[0]} - {t.name for t in trials}
+    assert more == {f"{kind}-s{s}" for s in (6, 7) for kind in ("rot", "ft-pretrained-f0", "ft-random-f0")}
+
+
+@pytest.mark.slow  # three sweeps
+def test_a_driver_killed_while_a_cell_waits_for_its_next_seed_resumes_to_the_same_decisions(tmp_path):
+    """seeds 0-1 first, max 3, a target no spread meets: each cell gets seed 2. The driver is SIGKILLed as the
+    sweep log says the decision was made; the rerun plans the same trials, trains only what was not finished,
+    and its tables equal those of the same study run without a kill."""
+    over = dict(freeze=[4], until={**UNTIL, "halfwidth": 0.001, "max_seeds": 3})
+    ref = write_spec(tmp_path / "ref.yaml", name="ref", **over)
+    assert sweep(ref, tmp_path).returncode == 0
+    spec = write_spec(tmp_path / "k.yaml", name="k", **over)
+    study = tmp_path / "k"
+    proc = start_driver(spec, tmp_path)
+    log = study / "logs" / "run001.log"
+    wait_for(lambda: log.exists() and "seeds    freeze=4" in log.read_text(), proc, "the decision's log line")
+    kill_driver(proc)
+    at_kill = json.loads((study / "manifest.json").read_text())["invocations"][-1]["planned"]
+    assert len(at_kill) == 9  # 2 seeds x (rot + 2 fine-tunes), and seed 2's three, recorded as decided
+    done = sweep(spec, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(json.loads((study / "manifest.json").read_text())["invocations"][-1]["planned"]) == sorted(at_kill)
+    trained = trained_by_trial(study)
+    assert set(trained) == set(trial_dirs(tmp_path / "ref")) and all(n <= 3 for n in trained.values()), trained
+    for name in ("ref", "k"):
+        assert main(["report", str(tmp_path / name)]) == 0
+    for table in ("precision", "pretraining_effect", "finetune_partial"):
+        assert (study / "report" / "tables" / f"{table}.csv").read_text() == \
+            (tmp_path / "ref" / "report" / "tables" / f"{table}.csv").read_text(), table
+    assert "until freeze=4: pretrained - random: n 3 of 3 seeds planned" in _status(study)
+
+
+def _status(study) -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ablation.cli", "status", str(study)], capture_output=True,
+                          text=True).stdout
