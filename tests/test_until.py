@@ -127,3 +127,51 @@ def _status(study) -> str:
 
     return subprocess.run([sys.executable, "-m", "ablation.cli", "status", str(study)], capture_output=True,
                           text=True).stdout
+
+
+def test_with_a_tune_block_the_chosen_configuration_gets_the_extra_seeds(tmp_path):
+    spec = load_spec(str(write_spec(tmp_path / "s.yaml", seeds=[0, 1, 2], val_split=16, until=UNTIL,
+                                    tune={"space": {"finetune.lr": [0.01, 0.1]}, "search": "grid"})))
+    choices = {cell: {"values": {"lr": 0.1}} for cell in ("ft-pretrained-f4", "ft-random-f4", "ft-pretrained-f0",
+                                                          "ft-random-f0")}
+    trials = plan(spec, tmp_path, choices, extra={"freeze=4": 2})
+    chosen = {(t.config.freeze, t.config.init, t.config.seed) for t in trials if t.chosen}
+    assert chosen == {(f, i, s) for f in (4, 0) for i in ("pretrained", "random") for s in range(3)} | {
+        (4, i, s) for i in ("pretrained", "random") for s in (3, 4)}
+    extra = [t for t in trials if t.config.seed >= 3]
+    assert all(t.config.lr == 0.1 and not t.search for t in extra if t.config.stage == "finetune")
+    assert {t.group for t in extra if t.config.stage == "finetune"} == {"freeze=4"}
+    assert not any(t.group for t in trials if t.search and not t.chosen)  # the search is not an effect
+
+
+def test_plan_forecasts_seeds_trials_and_time_from_a_pilot(tmp_path, capsys):
+    """A pilot (here a published folder: tables/trials.csv) holding the spec's first-round trials by key: the
+    forecast states each effect's sd, the fixed-n and Stein seeds, and what the whole study would train."""
+    import pandas as pd
+
+    path = write_spec(tmp_path / "s.yaml", seeds=[0, 1, 2], until=UNTIL)
+    spec = load_spec(str(path))
+    diffs = {"freeze=4": [2.0, 2.1, 2.2], "freeze=0": [1.0, 4.0, -2.0]}
+    rows = [{"key": t.key, "state": "finished", "epochs_done": t.config.epochs, "wall_time_s": 2.0 * t.config.epochs,
+             "final_test_acc": 0.5 + (diffs[t.group][t.config.seed] / 100 if t.variant == "pretrained" else 0)}
+            for t in plan(spec, tmp_path)]
+    (tmp_path / "pilot" / "tables").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(tmp_path / "pilot" / "tables" / "trials.csv", index=False)
+    assert main(["plan", str(path), "--from", str(tmp_path / "pilot")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    line = {w.split()[0]: w.split() for w in out if w.startswith("freeze=")}
+    sd0 = float(pd.Series(diffs["freeze=0"]).std())
+    assert line["freeze=0"][5] == f"{sd0:.2f}" and line["freeze=0"][-2:] == ["6", "(max_seeds)"]
+    assert line["freeze=4"][-1] == "3" and line["freeze=4"][-2] == "3"  # Stein asks for no more
+    assert out[-1].startswith("in all: 24 trials (15 in the first round, 9 more: freeze=0: +3 (3, 4, 5))")
+    assert "48 epochs; about 1.6 min of slot time" in out[-1]  # 24 trials x 2 epochs x the pilot's 2 s each
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "has no until: block; give --halfwidth H"),
+    (["--halfwidth", "0"], "halfwidth=0.0 must be a number of points > 0"),
+    (["--halfwidth", "1", "--from", "nowhere"], "--from nowhere: no such folder"),
+])
+def test_plan_refuses_bad_input_in_one_line(tmp_path, capsys, args, message):
+    assert main(["plan", str(write_spec(tmp_path / "s.yaml")), *args]) == 2
+    assert message in capsys.readouterr().err

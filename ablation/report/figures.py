@@ -174,8 +174,9 @@ def pretraining_gap(epochs, trials, effect):
             _errorbars(ax, g["freeze"] + offset, [_interval(r, m.label) for _, r in g.iterrows()], color=color, ls=ls,
                        label=", ".join(filter(None, [variant, METRIC_STYLE[m.column][0]])))
         for _, r in g.iterrows():  # cells may have different n (a precision target gives each its own)
-            ax.annotate(f"n={int(r['n pairs'])}", (r["freeze"], r[f"{GAP_BEST.label} mean"]), xytext=(8, 0),
-                        textcoords="offset points", fontsize=8, color=color, va="center")
+            top = max(r[f"{m.label} CI high"] for m in (GAP_BEST, GAP_FINAL))
+            ax.annotate(f"n={int(r['n pairs'])}", (r["freeze"], top if top == top else r[f"{GAP_BEST.label} mean"]),
+                        xytext=(0, 6), textcoords="offset points", fontsize=8, color=color, ha="center")
     ref = effect.dropna(subset=[f"{GAP_BEST.label} report"])
     if len(ref):
         ax.scatter(ref["freeze"], ref[f"{GAP_BEST.label} report"], marker="x", s=60, color="black",

@@ -162,9 +162,10 @@ def effect_findings(table: Table) -> list[str]:
 
 
 def _gap(row: pd.Series, label: str, n: str = "") -> str:
-    """e.g. "+1.88 points, 95% CI [-3.33, +7.09], paired p = 0.137" of one difference column."""
+    """e.g. "+1.88 points, 95% CI [-3.33, +7.09], paired p = 0.137" (or "p < 0.001") of one difference column."""
+    p = fmt(label + " p", row[label + " p"]).replace(MISSING, "n/a").replace("<", "< ")
     return (f"{fmt(label + ' mean', row[label + ' mean'])} points, {_ci(row, label)}, "
-            f"paired p = {fmt(label + ' p', row[label + ' p']).replace(MISSING, 'n/a')}{n}")
+            f"paired p {p if p.startswith('<') else '= ' + p}{n}")
 
 
 def _fewer(row: pd.Series, label: str) -> str:
@@ -195,6 +196,19 @@ def _variants(table: Table) -> list[str]:
     return [f" [{d}]" if d else "" for d in variants(table.frame, [k for k in table.keys if k != "freeze"])]
 
 
+def precision_findings(table: Table) -> list[str]:
+    """One sentence per effect of an until cell: where it stopped, at what n and half-width, and why."""
+    out = []
+    for _, r in table.frame.iterrows():
+        mean, low, high = (r[f"effect (pts) {k}"] for k in ("mean", "CI low", "CI high"))
+        half = r["half-width (pts)"]
+        where = "" if low != low else f" {mean:+.2f} points, 95% CI [{low:+.2f}, {high:+.2f}] (±{half:.2f}),"
+        out.append(f"{r['cell']}, {r['effect']}:{where} n = {int(r['n pairs'])} of {int(r['seeds planned'])} seeds "
+                   f"planned; {r['stop']} (target ±{r['target (pts)']:g}; Stein's rule asked for "
+                   f"{'—' if r['Stein pairs'] != r['Stein pairs'] else int(r['Stein pairs'])} pairs).")
+    return out
+
+
 def findings(trials: pd.DataFrame, tables: list[Table]) -> list[str]:
     """Bullet sentences: data caveat, unfinished trials, rotation accuracy, pretraining effect per freeze depth."""
     out = []
@@ -217,6 +231,8 @@ def findings(trials: pd.DataFrame, tables: list[Table]) -> list[str]:
         out += rotation_findings(by_name["rotation"])
     if "pretraining_effect" in by_name:
         out += effect_findings(by_name["pretraining_effect"])
+    if "precision" in by_name:
+        out += precision_findings(by_name["precision"])
     if "tuning_choices" in by_name:
         chosen = by_name["tuning_choices"].frame["chosen on"].isin(["val_acc", "val_loss"])
         out.append("Each fine-tuning cell ran at its own chosen configuration (see the choices table): the "

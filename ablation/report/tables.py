@@ -234,6 +234,41 @@ def precision(trials: pd.DataFrame, spec) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+VARIANCE_NOTE = ("Where the data come from and how a run starts both move a result (Bouthillier et al. 2021): "
+                 "data_seed draws the subsets and validation split, seed the weights, batch order and "
+                 "augmentation. Per cell (every other key fixed), the final test accuracies of the seeds x "
+                 "data seeds that all finished, as a two-way random-effects ANOVA without replication: each "
+                 "source's variance component from its mean square less the interaction's ((MS - MS_inter) / the "
+                 "other factor's count, 0 when negative), the interaction (with the noise it cannot be told from) "
+                 "as MS_inter; share = of their sum. sd = the square root of a component, in points.")
+
+
+def variance_sources(finetune: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per cell of `keys` (data_seed not among them): how much of the variance of final test accuracy comes
+    from data_seed, from seed, and from neither alone, over the complete seeds x data seeds grid it finished."""
+    rows = []
+    for key, cell in groups(finetune[finetune["finished"]], keys):
+        grid = cell.pivot_table(index="data_seed", columns="seed", values="final_test_acc", aggfunc="first") * 100
+        grid = grid.dropna(axis=1)  # seeds finished under every data seed
+        a, b = grid.shape
+        if a < 2 or b < 2:
+            continue
+        y = grid.to_numpy()
+        m, r, c = y.mean(), y.mean(axis=1, keepdims=True), y.mean(axis=0, keepdims=True)
+        ms_data = b * ((r - m) ** 2).sum() / (a - 1)
+        ms_seed = a * ((c - m) ** 2).sum() / (b - 1)
+        ms_inter = ((y - r - c + m) ** 2).sum() / ((a - 1) * (b - 1))
+        parts = {"data_seed": max(0.0, (ms_data - ms_inter) / b), "seed": max(0.0, (ms_seed - ms_inter) / a),
+                 "interaction + noise": ms_inter}
+        total = sum(parts.values())
+        row = {**key, "data seeds": a, "seeds": b}
+        for source, v in parts.items():
+            row[f"{source} sd (pts)"] = v ** 0.5
+            row[f"{source} share"] = v / total if total else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _context(notes: list[str], trials: pd.DataFrame) -> list[str]:
     """A table's notes, and where its trials depart from the report's setup, the sentence that says how."""
     context = reference.context_note(trials.to_dict("records"))
@@ -277,6 +312,11 @@ def build_tables(trials: pd.DataFrame, choices: dict[str, dict] | None = None, s
             tables.append(Table("pretraining_effect", "Effect of rotation pretraining: pretrained - random, paired by "
                                 "seed (points of test accuracy)", effect, _context([EFFECT_NOTE, *notes[1:]], finetune),
                                 [k for k in keys if k != "init"], gaps))
+    if "data_seed" in ft_keys:
+        keys = _keys(SETUP, [k for k in ft_keys if k != "data_seed"], ["init"])
+        if len(frame := variance_sources(finetune, keys)):
+            tables.append(Table("variance_sources", "Where the spread comes from: data sampling (data_seed) and "
+                                "initialisation (seed)", frame, [VARIANCE_NOTE], keys))
     if until and "group" in trials and (frame := precision(trials, spec)).shape[0]:
         tables.append(Table("precision", f"Precision reached: each effect's 95% interval against the ±"
                             f"{until.halfwidth:g} point target", frame, [precision_note(spec)], ["cell", "effect"],

@@ -52,7 +52,7 @@ def forecast(spec: Spec, until: Until, pilot: Path | None, study_dir: Path) -> l
     k = len(spec.seeds)
     first = plan(spec, study_dir)
     groups = sorted({t.group for t in first if t.group})
-    out = [f"plan for {spec.name}: 95% half-width ±{until.halfwidth:g} points on the {spec.effect.label} effects "
+    out = [f"plan for {spec.name}: 95% half-width ±{until.halfwidth:g} points on the {until.effects} effects "
            f"({until.metric}), first round {k} seeds {list(spec.seeds)}, at most {until.max_seeds}",
            f"first round: {len(first)} trials, {sum(t.config.epochs for t in first)} epochs"]
     if pilot is None:
