@@ -37,7 +37,7 @@ def cmd_train(args) -> int:
             raise UserError(f"--out {args.out}: {problem}; choose another --out")
     from .trial.rundir import run  # torch is imported only once the config is known to be good
 
-    out = args.out if is_uri(args.out) else Path(args.out)  # Path("s3://b/x") would be the local s3:/b/x
+    out = located(args.out) if is_uri(args.out) else Path(args.out)  # Path("s3://b/x") would be the local s3:/b/x
     run(cfg, out, log=lambda msg: print(msg, flush=True))
     print(f"wrote {args.out.rstrip('/')}/metrics.csv")
     return 0
@@ -47,29 +47,39 @@ def cmd_sweep(args) -> int:
     from .driver.sweep import run_study
 
     return run_study(args.spec, storage=args.storage, address=args.address, fresh=args.fresh,
-                     overrides=parse_overrides(args.overrides), verbose=args.verbose, callbacks=args.callback)
+                     overrides=parse_overrides(args.overrides), verbose=args.verbose, callbacks=args.callback,
+                     tracking_uri=args.tracking_uri)
 
 
 def local_study(location: str) -> Path:
     """The study as a local folder: the path itself, or a copy of a URI study (checked to be one first)."""
-    from .storage.store import is_uri, local_copy
+    from .storage.store import check_reachable, is_uri, local_copy
     from .study.records import read_manifest
 
     if is_uri(location):
+        check_reachable(location)
         read_manifest(location)  # not a study: one line naming the URI, and nothing copied
     return local_copy(location)
+
+
+def located(location: str) -> str:
+    """A study's path as given, or its URI with the endpoint the environment names (store.with_endpoint)."""
+    from .storage.store import with_endpoint
+
+    return with_endpoint(location)
 
 
 def cmd_status(args) -> int:
     from .study.status import print_status
 
-    return print_status(local_study(args.study))
+    return print_status(local_study(located(args.study)))
 
 
 def cmd_report(args) -> int:
     from .report import report_study
 
-    print(report_study(args.study, local_study(args.study), Path(args.out).expanduser() if args.out else None))
+    study = located(args.study)
+    print(report_study(study, local_study(study), Path(args.out).expanduser() if args.out else None))
     return 0
 
 
@@ -99,7 +109,7 @@ def cmd_export(args) -> int:
         raise UserError(f"--out {args.out} is a directory; give a file name (e.g. {args.trial}.pt)")
     if problem := unwritable(out.parent):
         raise UserError(f"--out {args.out}: {problem}; choose another --out")
-    print(export(local_study(args.study), args.trial, out, args.epoch))
+    print(export(local_study(located(args.study)), args.trial, out, args.epoch))
     return 0
 
 
@@ -152,7 +162,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-v", "--verbose", action="store_true",
                    help="also print Tune's trial tables, Ray's logs and every worker's epoch lines")
     s.add_argument("--callback", action="append", default=[], metavar="mlflow|wandb|aim",
-                   help="also log to this experiment tracker (Tune's logger callback; repeatable)")
+                   help="also log to this experiment tracker (repeatable): mlflow (a run per trial, continued "
+                        "when the trial resumes), or Tune's wandb / aim callback")
+    s.add_argument("--tracking-uri", default=None, help="mlflow: the tracking store (default $MLFLOW_TRACKING_URI, "
+                                                        "else sqlite:///<storage>/mlflow.db)")
     s.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="spec keys, e.g. seeds=[0,1]")
     s.set_defaults(fn=cmd_sweep)
 

@@ -76,13 +76,17 @@ def main(argv: list[str]) -> int:
     kill_at = int(os.environ.get("KILL_AT", "2"))
     if train(out / "A", keys):
         return 2  # `ablation train` said why in one line
-    train(out / "B", keys)
+    if train(out / "B", keys):
+        print("repro_check: the rerun (B) failed where the first run did not; see its output above", file=sys.stderr)
+        return 1
     died = train(out / "C", keys, crash_at=kill_at)
     if died == 0:
         print(f"repro_check: the run did not stop in epoch {kill_at}; give it epochs={kill_at} or more",
               file=sys.stderr)
         return 2
-    train(out / "C", keys)  # the rerun resumes from the last checkpoint
+    if train(out / "C", keys):  # the rerun resumes from the last checkpoint
+        print("repro_check: resuming C failed; see its output above", file=sys.stderr)
+        return 1
     verdicts = {"same-seed rerun": differs(out / "A", out / "B"),
                 f"killed in epoch {kill_at}, resumed": differs(out / "A", out / "C")}
     device = json.loads((out / "A" / "run.json").read_text()).get("device", "?")

@@ -175,3 +175,20 @@ def test_plan_forecasts_seeds_trials_and_time_from_a_pilot(tmp_path, capsys):
 def test_plan_refuses_bad_input_in_one_line(tmp_path, capsys, args, message):
     assert main(["plan", str(write_spec(tmp_path / "s.yaml")), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a sweep of 13 trials
+def test_with_a_tune_block_searching_every_first_round_seed_the_choice_gets_its_extra_seeds(tmp_path):
+    """The first round's chosen trials are search trials that ran before any choice was known: the cell's seeds
+    are decided when the search ends, and the extra seed's rotation run and both inits' choices train."""
+    spec = write_spec(tmp_path / "t.yaml", name="t", freeze=[4], val_split=16,
+                      tune={"space": {"finetune.lr": [0.01, 0.05]}, "search": "grid", "seeds": [0, 1]},
+                      until={**UNTIL, "halfwidth": 0.001, "max_seeds": 3})
+    done = sweep(spec, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trained = trained_by_trial(tmp_path / "t")
+    assert len(trained) == 13 and all(n == 2 for n in trained.values()), trained  # 3 rot, 8 search, 2 extra
+    extra = sorted(t for t in trained if t.endswith("-s2"))  # each init's own choice of lr
+    assert len(extra) == 3 and extra[0].startswith("ft-pretrained-f4-lr=") and extra[1].startswith(
+        "ft-random-f4-lr=") and extra[2] == "rot-s2", extra
+    assert "until freeze=4: pretrained - random: n 3 of 3 seeds planned" in _status(tmp_path / "t")

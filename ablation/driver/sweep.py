@@ -36,13 +36,22 @@ def warn(msg: str) -> None:
 
 
 def run_study(spec_path: str, storage: str = "results/studies", address: str | None = None, fresh: bool = False,
-              overrides: dict[str, str] | None = None, verbose: bool = False, callbacks: list[str] = ()) -> int:
+              overrides: dict[str, str] | None = None, verbose: bool = False, callbacks: list[str] = (),
+              tracking_uri: str | None = None) -> int:
     spec = load_spec(spec_path, overrides)
     if not store.is_uri(storage) and (problem := unwritable(Path(storage).expanduser() / spec.name)):
         raise UserError(f"--storage {storage}: {problem}; give a directory you can write")
-    trackers = tracker_callbacks(callbacks, spec.name)  # a missing package fails before any work
-    address = resolve_address(address)
+    if store.is_uri(storage):
+        storage = store.with_endpoint(storage)
+        store.check_reachable(storage)
     study_dir = store.child(storage if store.is_uri(storage) else Path(storage).expanduser().resolve(), spec.name)
+    trackers = []
+    if callbacks:  # a missing package fails before any work
+        from .trackers import tracker_callbacks
+        from .trackers import tracking_uri as tracker_uri
+
+        trackers = tracker_callbacks(callbacks, spec.name, tracker_uri(tracking_uri, storage), study_dir)
+    address = resolve_address(address)
     old = records.check_claim(study_dir, fresh)
     trials, choices = plan_study(spec, study_dir, fresh=fresh)
     from ..trial.data import preflight  # torch: only once the spec is known to be good
@@ -302,14 +311,31 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
     stopped_keys: set[str] = set()
     planned_keys = {t.key for t in trials} | set(done)  # in this run so far: what expand and grow add is new
 
-    def expand(cell: str, failed: set[str]) -> list[Trial]:
-        """The cell's search is done: plan its choice, record it, hand its new trials to the searcher."""
+    def replan(failed: set[str]) -> tuple[dict, list[Trial]]:
+        """Plan again from the trials' files (a search's choice, an until cell's seeds): every trial the plan
+        holds that this invocation's record lacks, or whose role changed, is recorded (finished ones too: a
+        rerun that retried a first-round trial decides again, and the seeds it keeps must stay current), and
+        those not yet in this run go to the searcher. Returns (choices, the new trials)."""
         planned, choices = plan_study(spec, study_dir, failed)
-        # a search trial of the chosen configuration is that cell's choice on its seed: it was counted and has run
-        new = [t for t in planned if t.chosen == cell and not t.search and t.key not in planned_keys]
+        run = manifest["invocations"][-1]
+        changed = [t for t in planned if t.key not in run["planned"]
+                   or manifest["trials"].get(t.key) != records.trial_entry(t)]
+        records.add_trials(study_dir, manifest, changed, choices)
+        new = [t for t in planned if t.key not in planned_keys]
         planned_keys.update(t.key for t in new)
-        records.add_trials(study_dir, manifest, [t for t in planned if t.chosen == cell], choices)
         progress.add(to_train(new, lambda t: t.config.epochs))
+        grown = {t.group for t in new if t.group}
+        for e in effects(spec, study_dir, planned, failed) if grown else ():
+            if e.group in grown:
+                capped = e.seeds == spec.until.max_seeds and e.needed > e.seeds
+                progress.event(f"seeds    {e.group}: {e.variant} - {e.baseline}: first round sd {e.s0:.2f} pts; "
+                               f"Stein's rule asks for {e.needed} pairs for ±{spec.until.halfwidth:g}: {e.seeds} "
+                               f"seeds{' (max_seeds)' if capped else ''}")
+        return choices, new
+
+    def expand(cell: str, failed: set[str]) -> list[Trial]:
+        """The cell's search is done: plan its choice (and, with an until block, any seeds decided by it)."""
+        choices, new = replan(failed)
         choice = choices.get(cell)
         if choice is None or not choice.get("values"):
             progress.event(f"no choice for {cell}: " + ("a search trial ended unfinished; rerun to finish it"
@@ -322,23 +348,7 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
     def grow(trial: Trial, failed: set[str]) -> list[Trial]:
         """A trial of an until cell ended: when it was the last of its cell's first round, the cell's seeds
         are decided (precision.py) and the trials they need join the run (and the study's record)."""
-        if trial.config.seed not in spec.seeds:  # only the first round decides
-            return []
-        planned, choices = plan_study(spec, study_dir, failed)
-        new = [t for t in planned if t.key not in planned_keys]
-        if not new:
-            return []
-        planned_keys.update(t.key for t in new)
-        records.add_trials(study_dir, manifest, new, choices)
-        progress.add(to_train(new, lambda t: t.config.epochs))
-        grown = {t.group for t in new if t.group}
-        for e in effects(spec, study_dir, planned, failed):
-            if e.group in grown:
-                capped = e.seeds == spec.until.max_seeds and e.needed > e.seeds
-                progress.event(f"seeds    {e.group}: {e.variant} - {e.baseline}: first round sd {e.s0:.2f} pts; "
-                               f"Stein's rule asks for {e.needed} pairs for ±{spec.until.halfwidth:g}: {e.seeds} "
-                               f"seeds{' (max_seeds)' if capped else ''}")
-        return new
+        return replan(failed)[1] if trial.config.seed in spec.seeds else []  # only the first round decides
 
     def stop(key: str, epoch: int) -> None:
         stopped_keys.add(key)
@@ -425,30 +435,6 @@ def _sigint_restored():
     finally:
         if main and handler is not None:
             signal.signal(signal.SIGINT, handler)
-
-
-TRACKERS = {  # --callback name -> (module that must be installed, Tune's logger callback)
-    "mlflow": ("mlflow", "ray.air.integrations.mlflow", "MLflowLoggerCallback", "experiment_name"),
-    "wandb": ("wandb", "ray.air.integrations.wandb", "WandbLoggerCallback", "project"),
-    "aim": ("aim", "ray.tune.logger.aim", "AimLoggerCallback", "experiment_name"),
-}
-
-
-def tracker_callbacks(names: list[str], study_name: str) -> list:
-    """Tune's own experiment-tracker callbacks, named on the command line; the study name is the experiment
-    or project. TensorBoard event files are always written (Tune's default loggers, under tune/)."""
-    import importlib
-    import importlib.util
-
-    out = []
-    for name in names:
-        if name not in TRACKERS:
-            raise UserError(f"--callback {name}: unknown tracker; choose from {', '.join(TRACKERS)}")
-        package, module, cls, naming = TRACKERS[name]
-        if importlib.util.find_spec(package) is None:
-            raise UserError(f"--callback {name} needs the {package} package: pip install {package}")
-        out.append(getattr(importlib.import_module(module), cls)(**{naming: study_name}))
-    return out
 
 
 def _trial_name(trial) -> str:

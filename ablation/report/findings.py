@@ -205,7 +205,7 @@ def precision_findings(table: Table) -> list[str]:
         where = "" if low != low else f" {mean:+.2f} points, 95% CI [{low:+.2f}, {high:+.2f}] (±{half:.2f}),"
         out.append(f"{r['cell']}, {r['effect']}:{where} n = {int(r['n pairs'])} of {int(r['seeds planned'])} seeds "
                    f"planned; {r['stop']} (target ±{r['target (pts)']:g}; Stein's rule asked for "
-                   f"{'—' if r['Stein pairs'] != r['Stein pairs'] else int(r['Stein pairs'])} pairs).")
+                   f"{'—' if pd.isna(r['Stein pairs']) else int(r['Stein pairs'])} pairs).")
     return out
 
 

@@ -25,7 +25,7 @@ MISSING = "—"
 
 def fmt(column: str, value) -> str:
     """One cell as text: NaN as a dash, labels_per_class 0 as "all", p-values and losses with 3 decimals."""
-    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and math.isnan(value)):
         return MISSING
     if column in ALL_LABELS:
         return "all" if value == 0 else str(int(value))

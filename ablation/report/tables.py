@@ -219,19 +219,20 @@ def precision(trials: pd.DataFrame, spec) -> pd.DataFrame:
                      for _, r in grouped.iterrows())
     rows = []
     for e in assess(spec.until, spec.seeds, values, dict.fromkeys(values, spec.baseline)):
-        runs, base = values[e.group][e.variant], values[e.group][e.baseline]
+        runs, base = values[e.group][e.variant], values[e.group].get(e.baseline, {})
         seeds = [*spec.seeds, *extra_seeds(spec.seeds, e.seeds - len(spec.seeds))]
         diffs = pd.Series([runs[s] - base[s] for s in seeds if runs.get(s) is not None and base.get(s) is not None],
                           dtype=float)
         better, low, high = improvement(diffs)
         label = PRECISION.label
         rows.append({"cell": e.group, "effect": f"{e.variant} - {e.baseline}", "first round pairs": e.n0,
-                     "Stein pairs": e.needed or float("nan"), "seeds planned": e.seeds, "n pairs": e.n,
+                     "Stein pairs": e.needed or None, "seeds planned": e.seeds, "n pairs": e.n,
                      f"{label} mean": e.mean, f"{label} std": e.s0, f"{label} CI low": e.low,
                      f"{label} CI high": e.high, "half-width (pts)": e.halfwidth, "target (pts)": spec.until.halfwidth,
                      **more_columns(PRECISION, diffs), f"{label} P(better)": better,
                      f"{label} P(better) low": low, f"{label} P(better) high": high, "stop": e.reason})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return frame.astype({"Stein pairs": "Int64"}) if len(frame) else frame  # none while the first round runs
 
 
 VARIANCE_NOTE = ("Where the data come from and how a run starts both move a result (Bouthillier et al. 2021): "

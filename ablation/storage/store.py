@@ -23,7 +23,43 @@ def is_uri(location: str | os.PathLike) -> bool:
 
 
 def join(uri: str, *parts: str) -> str:
-    return "/".join([uri.rstrip("/"), *parts])
+    """The URI of a path below uri; a query (s3://b/x?endpoint_override=...) stays at the end, where pyarrow
+    reads it."""
+    base, mark, query = uri.partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + mark + query
+
+
+def with_endpoint(uri: str) -> str:
+    """An s3:// URI with the endpoint users give by environment (AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, as
+    boto3 and the AWS CLI read them) written into its query, where pyarrow (which ignores those variables) and
+    Ray Tune read it; a URI that names its endpoint_override already, or another scheme, is returned as it is."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not uri.startswith("s3://") or not endpoint or "endpoint_override=" in uri:
+        return uri
+    from urllib.parse import quote
+
+    return f"{uri}{'&' if '?' in uri else '?'}endpoint_override={quote(endpoint, safe='')}"
+
+
+def check_reachable(uri: str) -> None:
+    """One line, before any work, when the storage cannot be used: a bucket that does not exist, credentials
+    refused, an endpoint that does not answer (pyarrow would otherwise fail at the first write, minutes in)."""
+    import pyarrow.fs
+
+    from ..errors import UserError
+
+    fs, path = _fs(uri)
+    bucket = path.split("/", 1)[0]
+    try:
+        kind = fs.get_file_info(bucket).type
+    except OSError as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{uri}: the storage refused or did not answer ({why}); check the credentials "
+                        f"(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the endpoint (AWS_ENDPOINT_URL or "
+                        f"?endpoint_override=)") from None
+    if kind == pyarrow.fs.FileType.NotFound:
+        raise UserError(f"{uri}: the bucket {bucket} does not exist; create it first (aws s3 mb s3://{bucket}) "
+                        f"or check its name")
 
 
 def _fs(uri: str):
@@ -176,7 +212,7 @@ def mirror_dir(uri: str) -> Path:
     """A stable local folder for a URI study: status and report read (and the report writes) there."""
     base = Path(os.environ.get("ABLATION_CACHE", Path.home() / ".cache" / "ablation")) / "studies"
     tag = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:12]
-    return base / f"{uri.rstrip('/').rsplit('/', 1)[-1]}-{tag}"
+    return base / f"{uri.partition('?')[0].rstrip('/').rsplit('/', 1)[-1]}-{tag}"
 
 
 def local_copy(location: Location) -> Path:
