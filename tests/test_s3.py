@@ -140,3 +140,44 @@ def test_a_missing_bucket_or_an_endpoint_that_does_not_answer_is_one_line_before
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not _keys(client, "refused/")
+
+
+@pytest.mark.slow  # two drivers, one sweep
+def test_two_drivers_started_together_on_one_s3_study_one_goes_on(tmp_path, s3):
+    """S3 has no exclusive create that pyarrow can ask for, so the lock is written, read back after a pause, and
+    only the driver whose lock is still there goes on (records.claim); the other is one line, exit 2."""
+    env, client, _ = s3
+    spec = write_spec(tmp_path / "two.yaml", name="two", seeds=[0], freeze=[4], init=["random"])
+    storage = f"s3://{BUCKET}/both"
+    procs = [start_driver(spec, storage, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    results = sorted((p.wait(timeout=600), p.stderr.read()) for p in procs)
+    (won, _), (lost, why) = results
+    assert (won, lost) == (0, 2), results
+    assert "is being run by process" in why and len(why.strip().splitlines()) == 1, why
+    assert _trained(client, "both/two") == {d: 2 for d in _trained(client, "both/two")} and \
+        len(_trained(client, "both/two")) == 1
+
+
+@pytest.mark.slow  # a sweep through an outage, then its rerun
+def test_storage_that_stops_answering_mid_sweep_is_one_line_and_a_rerun_resumes(tmp_path, s3):
+    env, client, server = s3
+    spec = write_spec(tmp_path / "down.yaml", name="down", seeds=[0], freeze=[4], init=["random"],
+                      finetune={"epochs": 4}, max_failures=1)
+    storage = f"s3://{BUCKET}/outage"
+    proc = start_driver(spec, storage, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(lambda: any(n >= 1 for n in _trained(client, "outage/down").values()), proc, "an epoch", timeout=300,
+             poll=1.0)
+    server.stop()
+    try:
+        err = proc.communicate(timeout=500)[1]
+    finally:
+        server.start()
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith(f"ablation: error: {storage}/down?endpoint_override=") and \
+        "the storage failed during the sweep" in last and "rerun the same command" in last, err[-3000:]
+    before = _trained(client, "outage/down")
+    done = sweep(spec, storage, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (epochs,) = _trained(client, "outage/down").values()
+    assert epochs <= 4 + 1 and epochs >= max(before.values()), (before, epochs)  # at most the epoch in progress

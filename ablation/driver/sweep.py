@@ -59,10 +59,25 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     data = preflight([t.config for t in trials])  # missing data fails before anything is written
     records.check_data(study_dir, old, data)
     gpu, slots = _start_ray(address, spec, verbose)
-    with _stop_signals() as stop:  # after ray.init, which installs handlers of its own
+    with _stop_signals() as stop, _storage_lost(study_dir):  # after ray.init, which installs its own handlers
         code = _sweep(spec, spec_path, study_dir, old, trials, choices, data, fresh, address, gpu, slots, verbose,
                       trackers)
     return 128 + stop.signum if code == 130 and stop.signum else code
+
+
+@contextlib.contextmanager
+def _storage_lost(study_dir: Location):
+    """Object storage that stops answering mid-sweep (an outage, expired credentials): Tune fails the trials
+    that could not write and the driver's own last writes fail; one line names the storage instead of two
+    tracebacks. Everything the storage holds is kept: the same command resumes once it answers again."""
+    try:
+        yield
+    except OSError as exc:
+        if not store.is_uri(study_dir):
+            raise
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{study_dir}: the storage failed during the sweep ({why}); what it holds is kept: rerun "
+                        f"the same command when it answers again") from None
 
 
 def _sweep(spec: Spec, spec_path: str, study_dir: Location, old, trials: list[Trial], choices: dict, data,

@@ -6,14 +6,15 @@ trials that differ only in the effect's axis (and the seed); its effect is the p
 of that axis against the baseline (init: random; any other axis: the last value listed), seed by seed.
 
 Why Stein's rule: stopping when the current interval is narrow enough (a sequential rule) under-covers at the
-small n of seed studies: a cell stops when its seeds happened to agree, so its spread is underestimated.
-Stein's two-stage procedure is exact for normal differences: the first round's n0 pairs give a spread s0, which
-alone fixes the total N = max(n0, ceil((t(n0-1) s0 / h)^2)) (capped at max_seeds); the interval is the mean of
-the pairs that finished (all N, unless some failed) ± t(n0-1) s0 / sqrt(their number). Given s0 the mean of
-the N pairs is normal with variance sigma^2 / N, and s0 is independent of it, so the interval covers with
-probability exactly 95% whatever N the rule chose, and its half-width is at most h unless max_seeds capped N. The price: t with n0-1 degrees of freedom (4.30 for a first
-round of 3) asks for more seeds than a sequential rule would (tests/test_precision.py measures both). The rule
-looks at spreads only, never at a p-value or the sign of an effect.
+small n of seed studies: a cell stops when its seeds happened to agree, so its spread is underestimated. Stein's
+two-stage procedure is exact for normal differences: the first round's n0 pairs give a spread s0, which alone
+fixes the total N = max(n0, ceil((t(n0-1) s0 / h)^2)) (capped at max_seeds); the interval is the mean of the
+pairs that finished (all N, unless some failed) ± t(n0-1) s0 / sqrt(their number). Given s0 the mean of the N
+pairs is normal with variance sigma^2 / N, and s0 is independent of it, so the interval covers with probability
+exactly 95% whatever N the rule chose, and its half-width is at most h unless max_seeds capped N. The price: t
+with n0-1 degrees of freedom (4.30 for a first round of 3) asks for more seeds than a sequential rule would
+(tests/test_precision.py measures both). The rule looks at spreads only, never at a p-value or the sign of an
+effect.
 
     until:
       halfwidth: 1.0          # points: the 95% half-width each effect must reach
