@@ -4,6 +4,7 @@ kills a driver waits for the same events and reads the study the same way."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -217,3 +218,87 @@ def read_only_dir(path: Path):
         return None
     return ["unshare", "-rm", "sh", "-c", f'mount --bind "{path}" "{path}" && mount -o remount,bind,ro "{path}" '
                                           f'"{path}" && exec "$0" "$@"']
+
+
+# ------------------------------------------------------------------------------------------ object storage
+
+
+class S3Server:
+    """moto's S3 app on a localhost port, in a thread of this process (stopped and started again, it keeps its
+    buckets: they live in this process). One fix-up: moto 5 names the root element of its CompleteMultipartUpload
+    answer CompleteMultipartUploadResponse where S3 says CompleteMultipartUploadResult, and the AWS SDK inside
+    pyarrow takes the former for an error in a 200 answer (every pyarrow write is a multipart upload)."""
+
+    def __init__(self, port: int):
+        self.port, self.server, self.thread = port, None, None
+        from moto.server import DomainDispatcherApplication, create_backend_app
+
+        self.app = DomainDispatcherApplication(create_backend_app)
+
+    def _wsgi(self, environ, start_response):
+        said = {}
+        body = b"".join(self.app(environ, lambda status, headers, exc_info=None: said.update(s=status, h=headers)))
+        headers = said["h"]
+        if b"<CompleteMultipartUploadResponse" in body:
+            body = body.replace(b"CompleteMultipartUploadResponse", b"CompleteMultipartUploadResult")
+            headers = [(k, str(len(body)) if k.lower() == "content-length" else v) for k, v in headers]
+        start_response(said["s"], headers)
+        return [body]
+
+    def start(self) -> None:
+        import threading
+
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", self.port, self._wsgi, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def s3_service(bucket: str):
+    """An S3Server on a free port with `bucket` in it: yields (the variables a user's shell would hold for it,
+    a boto3 client, the server)."""
+    import logging
+    import socket
+
+    import boto3
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = S3Server(port)
+    server.start()
+    variables = {**S3_KEYS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    client = boto3.client("s3", endpoint_url=variables["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    try:
+        yield variables, client, server
+    finally:
+        server.stop()
+
+
+def s3_keys(client, bucket: str, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def s3_trained(client, bucket: str, study: str) -> dict[str, int]:
+    """Trial dir -> epochs its trained.log records, read from the bucket (study: its key prefix)."""
+    out = {}
+    for key in s3_keys(client, bucket, f"{study}/trials/"):
+        if key.endswith("/trained.log"):
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+            out[key.split("/")[-2]] = len([line for line in body.splitlines() if line.strip()])
+    return out

@@ -21,15 +21,18 @@ from pathlib import Path
 
 import pytest
 from conftest import EPOCHS, REFERENCE, write_spec
-from helpers import (AGENTS, assert_resumed_from_checkpoints, finished_trials, kill_driver, outcome, ray_processes,
-                     rows_by_trial, start_driver, sweep, trained_by_trial, trial_states, wait_for)
+from helpers import (AGENTS, S3_KEYS, assert_resumed_from_checkpoints, finished_trials, kill_driver, outcome,
+                     ray_processes, rows_by_trial, s3_service, s3_trained, start_driver, sweep, trained_by_trial,
+                     trial_states, wait_for)
 
 from ablation.driver.sweep import run_study
 
 pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).parent / "ray")
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # token auth is tested by Ray; here the nodes are ours
+# token auth is tested by Ray; here the nodes are ours. Every node holds the S3 test server's keys, as each node
+# of a cluster on object storage holds its credentials (the endpoint travels in the study's URI)
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", **S3_KEYS}
 
 
 def free_port() -> int:
@@ -189,3 +192,53 @@ def test_cluster_study_survives_a_worker_node_killed_mid_trial_and_a_driver_kill
     assert outcome(study) == outcome(reference_study)  # same metrics, bit-identical weights as on one node
     log = json.loads((study / "manifest.json").read_text())["invocations"][-1]
     assert log["outcome"] == "finished" and not log["failed"]
+
+
+def test_a_cluster_without_a_shared_filesystem_runs_a_study_on_s3_and_a_lost_node_costs_one_epoch(
+        tmp_path, cluster, reference_study):
+    """The worker node sees none of the driver's files; the study lives in an S3 bucket (a moto server on this
+    machine) that every node reaches. The worker node's raylet is SIGKILLed while one of its trials trains: the
+    trial resumes on the head from its checkpoint in the bucket, and the study's tables equal the one-node
+    reference's."""
+    pytest.importorskip("moto.server")
+    from ablation.cli import main
+
+    address, temp, _ = cluster
+    with s3_service("cluster") as (variables, client, _server):
+        env = {**ENV, **variables, "ABLATION_CACHE": str(tmp_path / "cache")}
+        spec = write_spec(tmp_path / "c.yaml", name="ref", **REFERENCE, max_failures=3)
+        storage = "s3://cluster/studies"
+        proc = start_driver(spec, storage, "--address", address, env=env)
+        nodes = raylets(temp)
+        (worker,) = [n for n, (_, head) in nodes.items() if not head]
+        (head,) = [n for n, (_, is_head) in nodes.items() if is_head]
+
+        def rows(trial_dir: str) -> list[dict]:
+            body = client.get_object(Bucket="cluster", Key=f"studies/ref/trials/{trial_dir}/metrics.jsonl")["Body"]
+            return [json.loads(line) for line in body.read().decode().splitlines() if line.strip()]
+
+        def on_worker() -> str | None:  # a trial on the worker node with all but its last epoch done
+            return next((d for d, n in s3_trained(client, "cluster", "studies/ref").items()
+                         if n == EPOCHS - 1 and rows(d)[-1].get("node") == worker), None)
+
+        wait_for(lambda: on_worker() is not None, proc, "a trial on the worker node", poll=0.5)
+        victim = on_worker()
+        for pid in {nodes[worker][0], *ray_processes({nodes[worker][0]})}:  # the node lost: raylet and workers
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert proc.wait(timeout=900) == 0, proc.stderr.read()[-3000:]
+        assert rows(victim)[0]["node"] == worker and rows(victim)[-1]["node"] == head
+        trained = s3_trained(client, "cluster", "studies/ref")
+        assert len(trained) == 10 and trained[victim] <= EPOCHS + 1 and sum(trained.values()) <= 10 * EPOCHS + 1
+        env_before = dict(os.environ)
+        os.environ.update(env)  # `ablation report` in this process, as the user's shell would run it
+        try:
+            assert main(["report", f"{storage}/ref"]) == 0
+        finally:
+            os.environ.clear()
+            os.environ.update(env_before)
+        assert main(["report", str(reference_study)]) == 0
+        local = next((tmp_path / "cache" / "studies").iterdir())
+        for table in ("rotation", "finetune_partial", "finetune_full", "pretraining_effect"):
+            assert (local / "report" / "tables" / f"{table}.csv").read_text() == \
+                (reference_study / "report" / "tables" / f"{table}.csv").read_text(), table

@@ -107,11 +107,14 @@ class Lifecycle(RuleBasedStateMachine):
             kill_driver(proc, sig)
         err = proc.stderr.read()
         assert "Traceback" not in err, err[-3000:]
+        # (-SIGTERM: the signal came while the interpreter was still starting, before main() took over SIGTERM;
+        # nothing was written then, and it says nothing)
         expected = {0} if ended else {0, -signal.SIGKILL} if sig == signal.SIGKILL else {0, 128 + signal.SIGTERM}
-        assert proc.returncode in expected, (proc.returncode, err[-3000:])
+        early = sig == signal.SIGTERM and proc.returncode == -signal.SIGTERM and not err.strip()
+        assert proc.returncode in expected or early, (proc.returncode, err[-3000:])
         if proc.returncode == 0:
             self.torn.clear()
-        elif sig == signal.SIGTERM:
+        elif sig == signal.SIGTERM and not early:
             assert err.rstrip().endswith("rerun the same command to resume"), err[-3000:]
 
     @rule(which=st.integers(0, 5), kind=st.sampled_from(["tear metrics", "corrupt checkpoint"]),

@@ -7,89 +7,32 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 from conftest import write_spec
-from helpers import kill_driver, start_driver, sweep, wait_for
+from helpers import kill_driver, s3_keys, s3_service, s3_trained, start_driver, sweep, wait_for
 
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("boto3")
+pytest.importorskip("moto.server")
 
 BUCKET = "studies"
-KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1"}
-
-
-class S3Server:
-    """moto's S3 app on a localhost port, in a thread of this process (stopped and started again, it keeps its
-    buckets: they live in this process). One fix-up: moto 5 names the root element of its CompleteMultipartUpload
-    answer CompleteMultipartUploadResponse where S3 says CompleteMultipartUploadResult, and the AWS SDK inside
-    pyarrow takes the former for an error in a 200 answer (every pyarrow write is a multipart upload)."""
-
-    def __init__(self, port: int):
-        self.port, self.server, self.thread = port, None, None
-        self.app = moto_server.DomainDispatcherApplication(moto_server.create_backend_app)
-
-    def _wsgi(self, environ, start_response):
-        said = {}
-        body = b"".join(self.app(environ, lambda status, headers, exc_info=None: said.update(s=status, h=headers)))
-        headers = said["h"]
-        if b"<CompleteMultipartUploadResponse" in body:
-            body = body.replace(b"CompleteMultipartUploadResponse", b"CompleteMultipartUploadResult")
-            headers = [(k, str(len(body)) if k.lower() == "content-length" else v) for k, v in headers]
-        start_response(said["s"], headers)
-        return [body]
-
-    def start(self) -> None:
-        import threading
-
-        from werkzeug.serving import make_server
-
-        self.server = make_server("127.0.0.1", self.port, self._wsgi, threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
 
 
 @pytest.fixture(scope="module")
 def s3():
     """The server, a bucket, and the environment a user's shell would have for it."""
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = S3Server(port)
-    server.start()
-    env = {**os.environ, **KEYS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
-    client.create_bucket(Bucket=BUCKET)
-    yield env, client, server
-    server.stop()
+    with s3_service(BUCKET) as (variables, client, server):
+        yield {**os.environ, **variables}, client, server
 
 
 def _keys(client, prefix: str) -> list[str]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+    return s3_keys(client, BUCKET, prefix)
 
 
 def _trained(client, study: str) -> dict[str, int]:
-    """Trial dir -> epochs its trained.log records, read from the bucket."""
-    out = {}
-    for key in _keys(client, f"{study}/trials/"):
-        if key.endswith("/trained.log"):
-            body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
-            out[key.split("/")[-2]] = len([line for line in body.splitlines() if line.strip()])
-    return out
+    return s3_trained(client, BUCKET, study)
 
 
 def _ablation(*args, env) -> subprocess.CompletedProcess:

@@ -49,6 +49,8 @@ def check_reachable(uri: str) -> None:
     from ..errors import UserError
 
     fs, path = _fs(uri)
+    if fs.type_name == "local":  # file://: no bucket, and a folder the study creates
+        return
     bucket = path.split("/", 1)[0]
     try:
         kind = fs.get_file_info(bucket).type
