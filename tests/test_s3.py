@@ -1,7 +1,8 @@
 """Object storage for real: a study on an S3-compatible server on localhost (moto's, from the test extras),
 reached as users reach one (AWS_* environment variables, s3:// URIs): it runs, survives a SIGKILLed driver
-with nothing finished retrained, writes its report into the bucket; a missing bucket and an endpoint that
-does not answer are one line before any work."""
+with nothing finished retrained, writes its report into the bucket; a missing bucket, refused credentials and
+an endpoint that does not answer are one line before any work, an outage mid-sweep one line after it (a rerun
+resumes); of two drivers started together on one study, one goes on."""
 
 from __future__ import annotations
 
@@ -124,3 +125,33 @@ def test_storage_that_stops_answering_mid_sweep_is_one_line_and_a_rerun_resumes(
     assert done.returncode == 0, done.stderr[-3000:]
     (epochs,) = _trained(client, "outage/down").values()
     assert epochs <= 4 + 1 and epochs >= max(before.values()), (before, epochs)  # at most the epoch in progress
+
+
+def test_refused_credentials_are_one_line_before_any_work(tmp_path):
+    """A moto server of its own that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0: every request must be
+    signed by a known key), asked with keys it does not know."""
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "nobody", "AWS_SECRET_ACCESS_KEY": "wrong",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+        spec = write_spec(tmp_path / "s.yaml", name="keys")
+        result = _ablation("sweep", str(spec), "--storage", "s3://studies/keys", env=env)
+        assert result.returncode == 2 and "the storage refused or did not answer" in result.stderr, result.stderr
+        assert "ACCESS_DENIED" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    finally:
+        server.kill()
+        server.wait()
