@@ -195,16 +195,15 @@ def test_cluster_study_survives_a_worker_node_killed_mid_trial_and_a_driver_kill
 
 
 def test_a_cluster_without_a_shared_filesystem_runs_a_study_on_s3_and_a_lost_node_costs_one_epoch(
-        tmp_path, cluster, reference_study):
-    """The worker node sees none of the driver's files; the study lives in an S3 bucket (a moto server on this
-    machine) that every node reaches. The worker node's raylet is SIGKILLed while one of its trials trains: the
-    trial resumes on the head from its checkpoint in the bucket, and the study's tables equal the one-node
-    reference's."""
+        tmp_path, reference_study):
+    """A cluster of its own (the module's loses its worker node in the test above), whose worker node sees none
+    of this test's files; the study lives in an S3 bucket (a moto server on this machine) that every node
+    reaches. The worker node's raylet is SIGKILLed while one of its trials trains: the trial resumes on the head
+    from its checkpoint in the bucket, and the study's tables equal the one-node reference's."""
     pytest.importorskip("moto.server")
     from ablation.cli import main
 
-    address, temp, _ = cluster
-    with s3_service("cluster") as (variables, client, _server):
+    with ray_cluster(hide=(tmp_path,)) as (address, temp), s3_service("cluster") as (variables, client, _server):
         env = {**ENV, **variables, "ABLATION_CACHE": str(tmp_path / "cache")}
         spec = write_spec(tmp_path / "c.yaml", name="ref", **REFERENCE, max_failures=3)
         storage = "s3://cluster/studies"
