@@ -36,3 +36,12 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def check_block(raw: object, keys: set[str], where: str, example: str) -> None:
+    """A spec block (tune:, until:) is a mapping of known keys: else one line naming the problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping ({example})")
+    for key in raw:
+        if key not in keys:
+            raise ConfigError(unknown_key_message(key, keys, where))

@@ -32,7 +32,7 @@ from typing import Any, Iterable
 import numpy as np
 from scipy import stats
 
-from ..errors import ConfigError, shown, unknown_key_message
+from ..errors import ConfigError, check_block, shown
 from .trial_states import FAILED, FINISHED, SKIPPED, STOPPED
 
 LEVEL = 0.95
@@ -60,11 +60,7 @@ def parse_until(raw: Any, axes: list, seeds: tuple, where: str) -> tuple[Until, 
     if raw is None:
         return None
     where = f"{where}: until"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a mapping, e.g. until: {{halfwidth: 1.0, max_seeds: 10, effects: init}}")
-    for key in raw:
-        if key not in UNTIL_KEYS:
-            raise ConfigError(unknown_key_message(key, UNTIL_KEYS, where))
+    check_block(raw, UNTIL_KEYS, where, "e.g. until: {halfwidth: 1.0, max_seeds: 10, effects: init}")
     h = raw.get("halfwidth")
     if not isinstance(h, (int, float)) or isinstance(h, bool) or not math.isfinite(h) or h <= 0:
         raise ConfigError(f"{where}: halfwidth={shown(h)} must be a number of points > 0, e.g. halfwidth: 1.0")

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, shown
+from ..errors import ConfigError, check_block, shown
 from ..trial.config import TrialConfig, coerce
 from .trial_states import DONE, FAILED, FINISHED, STOPPED
 
@@ -125,13 +125,7 @@ def parse_tune(raw: Any, study_seeds: list[int], where: str) -> TuneBlock | None
     if raw is None:
         return None
     where = f"{where}: tune"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a mapping (space:, samples:, seeds:, metric:, scheduler:, search:)")
-    for key in raw:
-        if key not in TUNE_KEYS:
-            from ..errors import unknown_key_message
-
-            raise ConfigError(unknown_key_message(key, TUNE_KEYS, where))
+    check_block(raw, TUNE_KEYS, where, "space:, samples:, seeds:, metric:, scheduler:, search:")
     metric = raw.get("metric", "val_acc")
     if metric not in METRICS:
         hint = " (that would select on the test set)" if str(metric).startswith("test") else ""
