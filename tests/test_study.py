@@ -45,6 +45,28 @@ def test_a_sweep_ends_with_a_line_per_problem_and_its_exit_code(failed, skipped,
     assert all(line.startswith(start) for line, start in zip(lines, says)), lines
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_outside_tunes_fit_ends_the_sweep_with_its_own_exit_code(sig):
+    """SIGTERM is passed on as SIGINT for Tune's handler; when no fit is running (just before it starts, or
+    while the sweep closes) Python's own handler raises a bare KeyboardInterrupt: the stop must still exit
+    128 + SIGTERM, not Ctrl-C's 130, so a batch scheduler sees its own signal."""
+    import os
+    import signal
+    import time
+
+    from ablation.driver.sweep import _stop_signals
+    from ablation.errors import Stopped
+
+    signum = getattr(signal, sig)
+    before = signal.getsignal(signum)
+    with pytest.raises(Stopped) as stopped:
+        with _stop_signals():
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the forwarded SIGINT interrupts this
+    assert stopped.value.signum == signum
+    assert signal.getsignal(signum) == before  # the handler before it is back
+
+
 def _claim_at_once(study_dir, start, results, release):
     start.wait()
     try:

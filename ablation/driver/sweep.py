@@ -434,6 +434,10 @@ def _stop_signals():
     before = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield stop
+    except KeyboardInterrupt as exc:  # the SIGINT passed on came outside Tune's fit (Python's own handler took it)
+        if stop.signum and not isinstance(exc, Stopped):
+            raise Stopped(stop.signum) from None
+        raise
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
