@@ -91,7 +91,7 @@ def test_a_stray_word_after_options_is_still_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("tracker, expected", [
-    ("wandb", "--callback wandb needs the wandb package: pip install wandb"),  # mlflow is a test extra
+    ("aim", "--callback aim needs the aim package: pip install aim"),  # mlflow and wandb are test extras
     ("tensorboardx", "--callback tensorboardx: unknown tracker; choose from mlflow, wandb, aim"),
 ])
 def test_a_tracker_that_cannot_be_used_is_one_line_before_anything_runs(tmp_path, tracker, expected):

@@ -47,10 +47,11 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
     study_dir = store.child(storage if store.is_uri(storage) else Path(storage).expanduser().resolve(), spec.name)
     trackers = []
     if callbacks:  # a missing package fails before any work
-        from .trackers import tracker_callbacks
+        from .trackers import tracker_callbacks, tracker_home
         from .trackers import tracking_uri as tracker_uri
 
-        trackers = tracker_callbacks(callbacks, spec.name, tracker_uri(tracking_uri, storage), study_dir)
+        trackers = tracker_callbacks(callbacks, spec.name, tracker_uri(tracking_uri, storage), study_dir,
+                                     tracker_home(storage))
     address = resolve_address(address)
     old = records.check_claim(study_dir, fresh)
     trials, choices = plan_study(spec, study_dir, fresh=fresh)

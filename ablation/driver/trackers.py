@@ -4,8 +4,10 @@ Why: labs look at their runs in a tracker. MLflow is ours (MLflowTrials): Tune's
 a run per Tune trial, and every invocation of a sweep is a new Tune run, so a trial resumed after a kill would
 open a second MLflow run with its epochs counted from 1 again. Here a run is a study trial: it is found again by
 its key (tag `ablation.key`) and continued, its params are the trial's config, and each epoch is logged at its
-own epoch number, so the run's history equals the trial's epochs.csv. W&B and Aim are Tune's callbacks as they
-are (a resumed trial is a new run there). The study name is the experiment (MLflow, Aim) or project (W&B).
+own epoch number, so the run's history equals the trial's epochs.csv. W&B and Aim are Tune's callbacks (a
+resumed trial is a new run there), told to keep their files beside the studies: by default Tune would write them
+into the driver's staging folder and copy them to the study as each trial ends, which copies a W&B run of the
+last trial before W&B has finished writing it. The study name is the experiment (MLflow, Aim) or project (W&B).
 """
 
 from __future__ import annotations
@@ -23,41 +25,47 @@ from ..storage.store import Location
 from ..trial.rundir import METRIC_COLUMNS
 from .launch import trial_param
 
-TRACKERS = {  # --callback name -> (package that must be installed, its Tune callback, its naming keyword)
+# --callback name -> (package that must be installed, its Tune callback, its naming keyword, its files' keyword)
+TRACKERS = {
     "mlflow": ("mlflow", None, None, None),
-    "wandb": ("wandb", "ray.air.integrations.wandb", "WandbLoggerCallback", "project"),
-    "aim": ("aim", "ray.tune.logger.aim", "AimLoggerCallback", "experiment_name"),
+    "wandb": ("wandb", "ray.air.integrations.wandb", "WandbLoggerCallback", "project", "dir"),
+    "aim": ("aim", "ray.tune.logger.aim", "AimLoggerCallback", "experiment_name", "repo"),
 }
 KEY_TAG = "ablation.key"
 
 
+def tracker_home(storage: Location) -> Path:
+    """Where the trackers keep their local files (mlflow.db, W&B's wandb/, Aim's .aim/): beside the studies for a
+    local storage, else the current folder (a database or a tracker's repository does not live on object storage)."""
+    return Path.cwd() if store.is_uri(storage) else Path(storage).expanduser().resolve()
+
+
 def tracking_uri(given: str | None, storage: Location) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI (MLflow's own variable), else an SQLite store, mlflow.db, beside
-    the studies (a local storage) or in the current folder (a URI storage: SQLite is not on object storage).
-    Not a folder of files: MLflow 3 keeps its file store in maintenance and refuses it by default."""
+    """--tracking-uri, else MLFLOW_TRACKING_URI (MLflow's own variable), else an SQLite store, mlflow.db, in the
+    trackers' home. Not a folder of files: MLflow 3 keeps its file store in maintenance and refuses it by default."""
     import os
 
     if given:
         return given
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    db = Path("mlflow.db").resolve() if store.is_uri(storage) else Path(storage).expanduser().resolve() / "mlflow.db"
-    return f"sqlite:///{db}"
+    return f"sqlite:///{tracker_home(storage) / 'mlflow.db'}"
 
 
-def tracker_callbacks(names: list[str], study_name: str, uri: str, study_dir: Location) -> list:
+def tracker_callbacks(names: list[str], study_name: str, uri: str, study_dir: Location, home: Path) -> list:
     """The callbacks named on the command line; a missing package fails here, before any work."""
     out = []
     for name in names:
         if name not in TRACKERS:
             raise UserError(f"--callback {name}: unknown tracker; choose from {', '.join(TRACKERS)}")
-        package, module, cls, naming = TRACKERS[name]
+        package, module, cls, *keywords = TRACKERS[name]
         if importlib.util.find_spec(package) is None:
             raise UserError(f"--callback {name} needs the {package} package: pip install {package}")
         if name == "mlflow":
             out.append(MLflowTrials(uri, study_name, study_dir))
         else:
-            out.append(getattr(importlib.import_module(module), cls)(**{naming: study_name}))
+            naming, files = keywords  # the home exists by the time they write: the studies are in it
+            out.append(getattr(importlib.import_module(module), cls)(**{naming: study_name, files: str(home)}))
     return out
 
 
