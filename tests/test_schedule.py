@@ -8,7 +8,8 @@ import pytest
 from ray.tune.search import Searcher
 
 from ablation.driver.launch import DependencySearcher
-from ablation.study.spec import parse_spec, plan
+from ablation.study.planner import plan
+from ablation.study.spec import parse_spec
 
 
 def trials(seeds=(0, 1)):

@@ -11,7 +11,8 @@ import yaml
 
 from ablation.errors import ConfigError
 from ablation.study.tuning import configurations
-from ablation.study.spec import FINETUNE, PRETRAIN, load_spec, parse_spec, plan
+from ablation.study.planner import plan
+from ablation.study.spec import FINETUNE, PRETRAIN, load_spec, parse_spec
 from ablation.trial.config import TrialConfig
 
 SPECS = sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml"))
@@ -145,7 +146,7 @@ def test_bad_axes_are_one_line_naming_the_key(tmp_path, over, message):
 
 def test_a_key_added_later_at_its_default_leaves_earlier_trial_keys_unchanged():
     """A study made before a key existed is still the same study: its trials are not retrained."""
-    from ablation.study.spec import trial_key
+    from ablation.study.planner import trial_key
     from ablation.trial.config import TrialConfig
 
     cfg = TrialConfig(stage="finetune", epochs=3)

@@ -11,7 +11,8 @@ from ray.tune.search import Searcher
 
 from ablation.driver.launch import DependencySearcher, SearchScheduler
 from ablation.errors import ConfigError
-from ablation.study.spec import parse_spec, plan
+from ablation.study.planner import plan
+from ablation.study.spec import parse_spec
 from ablation.study.tuning import choose, configurations, parse_tune
 
 SPACE = {"finetune.lr": "loguniform(0.001, 0.1)", "finetune.weight_decay": [0.0001, 0.0005]}
@@ -208,7 +209,7 @@ def test_the_asha_history_of_a_resumed_search_holds_its_done_trials_too(tmp_path
     import json
 
     from ablation.study.decisions import search_history
-    from ablation.study.spec import trial_dir
+    from ablation.study.planner import trial_dir
     from ablation.trial.rundir import METRICS_FILE
 
     s = spec({"samples": 2, "scheduler": "asha"})

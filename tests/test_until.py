@@ -13,7 +13,8 @@ from helpers import kill_driver, start_driver, sweep, trained_by_trial, trial_di
 
 from ablation.cli import main
 from ablation.study.decisions import effects, plan_study
-from ablation.study.spec import load_spec, plan, trial_dir
+from ablation.study.planner import plan, trial_dir
+from ablation.study.spec import load_spec
 
 UNTIL = {"halfwidth": 1.0, "max_seeds": 6, "effects": "init"}
 

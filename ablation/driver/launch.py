@@ -18,7 +18,7 @@ from typing import Any, Callable, TypedDict
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from ..study.spec import Trial
+from ..study.planner import Trial
 from ..study.tuning import TuneBlock
 
 

@@ -25,7 +25,8 @@ from ..storage.files import unwritable
 from ..storage.store import Location
 from ..study import records
 from ..study.decisions import effects, plan_study, search_history
-from ..study.spec import Spec, Trial, load_spec, trial_dir
+from ..study.planner import Trial, trial_dir
+from ..study.spec import Spec, load_spec
 from ..study.trial_states import DONE
 from ..trial.rundir import mark_stopped
 from .console import say

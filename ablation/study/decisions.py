@@ -12,7 +12,8 @@ from ..storage.store import Location
 from ..trial.rundir import read_rows
 from . import records
 from .precision import Effect, assess, collect, score, seeds_per_cell
-from .spec import Spec, Trial, plan, trial_dir
+from .planner import Trial, plan, trial_dir
+from .spec import Spec
 from .trial_states import FAILED
 from .tuning import choose
 

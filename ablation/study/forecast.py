@@ -18,7 +18,8 @@ import pandas as pd
 
 from ..errors import UserError
 from .precision import Until, extra_seeds, seeds_needed, stein_total
-from .spec import Spec, Trial, plan
+from .planner import Trial, plan
+from .spec import Spec
 from .trial_states import FINISHED
 
 PILOT_TABLE = ("tables/trials.csv", "report/tables/trials.csv")

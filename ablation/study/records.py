@@ -28,7 +28,8 @@ from ..storage import provenance, store
 from ..storage.store import Location
 from ..trial.config import dataset_of
 from ..trial.rundir import read_rows_checked, stopped, trained_log
-from .spec import TRIALS_DIR, Spec, Trial, parse_spec
+from .planner import TRIALS_DIR, Trial
+from .spec import Spec, parse_spec
 from .trial_states import FAILED, FINISHED, INTERRUPTED, NOT_STARTED, RUNNING, SKIPPED, STOPPED, WAITING
 
 MANIFEST = "manifest.json"
