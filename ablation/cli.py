@@ -163,7 +163,8 @@ def parser() -> argparse.ArgumentParser:
                    help="also print Tune's trial tables, Ray's logs and every worker's epoch lines")
     s.add_argument("--callback", action="append", default=[], metavar="mlflow|wandb|aim",
                    help="also log to this experiment tracker (repeatable): mlflow (a run per trial, continued "
-                        "when the trial resumes), or Tune's wandb / aim callback")
+                        "when the trial resumes), or Tune's wandb / aim callback (files in <storage>/wandb, "
+                        "<storage>/.aim)")
     s.add_argument("--tracking-uri", default=None, help="mlflow: the tracking store (default $MLFLOW_TRACKING_URI, "
                                                         "else sqlite:///<storage>/mlflow.db)")
     s.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="spec keys, e.g. seeds=[0,1]")
