@@ -78,8 +78,9 @@ def test_decisions_come_from_the_files_tighter_targets_add_seeds_looser_ones_tra
         if t.config.stage == "finetune":
             d = diffs[t.group][t.config.seed] if t.variant == "pretrained" else 0.0
             _finish(study, t, 0.5 + d / 100)
-    trials, _ = plan_study(spec, study)
+    trials, _, assessed = plan_study(spec, study)
     by = {e.group: e for e in effects(spec, study, trials)}
+    assert {e.group: e for e in assessed} == by  # what decided the seeds: the grown plan adds no result yet
     assert by["freeze=4"].reason == "target met" and by["freeze=4"].seeds == 3
     assert by["freeze=0"].needed > 6 and by["freeze=0"].seeds == 6 and by["freeze=0"].reason == "waiting for seeds"
     added = {t.name for t in trials} - {t.name for t in plan(spec, study)}

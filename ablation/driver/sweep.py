@@ -24,7 +24,7 @@ from ..storage import provenance, store
 from ..storage.files import unwritable
 from ..storage.store import Location
 from ..study import records
-from ..study.decisions import effects, plan_study, search_history
+from ..study.decisions import plan_study, search_history
 from ..study.planner import Trial, trial_dir
 from ..study.spec import Spec, load_spec
 from ..study.trial_states import DONE
@@ -55,7 +55,7 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
                                      tracker_home(storage))
     address = resolve_address(address)
     old = records.check_claim(study_dir, fresh)
-    trials, choices = plan_study(spec, study_dir, fresh=fresh)
+    trials, choices, _ = plan_study(spec, study_dir, fresh=fresh)
     from ..trial.data import preflight  # torch: only once the spec is known to be good
 
     data = preflight([t.config for t in trials])  # missing data fails before anything is written
@@ -333,7 +333,7 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
         holds that this invocation's record lacks, or whose role changed, is recorded (finished ones too: a
         rerun that retried a first-round trial decides again, and the seeds it keeps must stay current), and
         those not yet in this run go to the searcher. Returns (choices, the new trials)."""
-        planned, choices = plan_study(spec, study_dir, failed)
+        planned, choices, assessed = plan_study(spec, study_dir, failed)
         run = manifest["invocations"][-1]
         changed = [t for t in planned if t.key not in run["planned"]
                    or manifest["trials"].get(t.key) != records.trial_entry(t)]
@@ -342,7 +342,7 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
         planned_keys.update(t.key for t in new)
         progress.add(to_train(new, lambda t: t.config.epochs))
         grown = {t.group for t in new if t.group}
-        for e in effects(spec, study_dir, planned, failed) if grown else ():
+        for e in assessed if grown else ():
             if e.group in grown:
                 capped = e.seeds == spec.until.max_seeds and e.needed > e.seeds
                 progress.event(f"seeds    {e.group}: {e.variant} - {e.baseline}: first round sd {e.s0:.2f} pts; "
@@ -382,7 +382,7 @@ def run_tune(study_dir: Location, name: str, trials: list[Trial], done: set[str]
     seeds = next(a.values for a in spec.axes if a.key == "seed")
     bound = len(trials) + len(searching) * len(seeds)  # + each searching cell's choice on every seed
     if spec.until:  # + every cell's extra seeds at most, each with its rotation trial
-        per_seed = sum(1 for t in plan_study(spec, study_dir)[0] if t.config.seed == seeds[0]) + len(searching)
+        per_seed = sum(1 for t in plan_study(spec, study_dir).trials if t.config.seed == seeds[0]) + len(searching)
         bound += (spec.until.max_seeds - len(seeds)) * per_seed
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": spec.cpu, "gpu": gpu}),

@@ -8,6 +8,8 @@ plan it leads to names the same trials (same keys): nothing is retrained, nothin
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..storage.store import Location
 from ..trial.rundir import read_rows
 from . import records
@@ -25,14 +27,19 @@ def _state(study_dir: Location, trial: Trial, failed: set[str]) -> tuple[str, li
         FAILED if trial.key in failed else "to do"), rows
 
 
-def plan_study(spec: Spec, study_dir: Location, failed: set[str] = frozenset(),
-               fresh: bool = False) -> tuple[list[Trial], dict[str, dict]]:
+class Decided(NamedTuple):
+    trials: list[Trial]  # the plan that follows from what is decided
+    choices: dict[str, dict]  # tuned cell -> its choice (tuning.choose)
+    effects: list[Effect]  # with an until block: each cell's effects as its first round decides its seeds
+
+
+def plan_study(spec: Spec, study_dir: Location, failed: set[str] = frozenset(), fresh: bool = False) -> Decided:
     """The spec's trials, with the chosen configuration of every cell whose search is done (read from the
     study's trial dirs: finished, stopped early, or in `failed`), and those cells' choices; with an until
     block, every cell's seeds beyond the first round once its first round is done."""
     trials = plan(spec, study_dir)
     if fresh:
-        return trials, {}
+        return Decided(trials, {}, [])
     choices: dict[str, dict] = {}
     if spec.tune:
         cells: dict[str, list[dict]] = {}
@@ -42,11 +49,11 @@ def plan_study(spec: Spec, study_dir: Location, failed: set[str] = frozenset(),
                                                    "seed": t.config.seed, "rows": rows, "state": state})
         choices = {cell: c for cell, search in cells.items() if (c := choose(spec.tune, search)) is not None}
         trials = plan(spec, study_dir, choices)
-    if spec.until:
-        extra = seeds_per_cell(effects(spec, study_dir, trials, failed), spec.seeds)
-        if any(extra.values()):
-            trials = plan(spec, study_dir, choices, extra)
-    return trials, choices
+    assessed = effects(spec, study_dir, trials, failed) if spec.until else []
+    extra = seeds_per_cell(assessed, spec.seeds) if spec.until else {}
+    if any(extra.values()):
+        trials = plan(spec, study_dir, choices, extra)
+    return Decided(trials, choices, assessed)
 
 
 def effects(spec: Spec, study_dir: Location, trials: list[Trial], failed: set[str] = frozenset()) -> list[Effect]:
