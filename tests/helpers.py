@@ -264,19 +264,25 @@ S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "
            "AWS_REGION": "us-east-1"}
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextlib.contextmanager
 def s3_service(bucket: str):
     """An S3Server on a free port with `bucket` in it: yields (the variables a user's shell would hold for it,
     a boto3 client, the server)."""
     import logging
-    import socket
 
     import boto3
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = S3Server(port)
     server.start()
     variables = {**S3_KEYS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}

@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EPOCHS, REFERENCE, write_spec
-from helpers import (AGENTS, S3_KEYS, assert_resumed_from_checkpoints, finished_trials, kill_driver, outcome,
+from helpers import (AGENTS, S3_KEYS, assert_resumed_from_checkpoints, finished_trials, free_port, kill_driver, outcome,
                      ray_processes, rows_by_trial, s3_service, s3_trained, start_driver, sweep, trained_by_trial,
                      trial_states, wait_for)
 
@@ -33,12 +32,6 @@ RAY = str(Path(sys.executable).parent / "ray")
 # token auth is tested by Ray; here the nodes are ours. Every node holds the S3 test server's keys, as each node
 # of a cluster on object storage holds its credentials (the endpoint travels in the study's URI)
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", **S3_KEYS}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processes_of(marker: str) -> list[int]:

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 from conftest import write_spec
-from helpers import kill_driver, s3_keys, s3_service, s3_trained, start_driver, sweep, wait_for
+from helpers import free_port, kill_driver, s3_keys, s3_service, s3_trained, start_driver, sweep, wait_for
 
 pytest.importorskip("boto3")
 pytest.importorskip("moto.server")
@@ -127,15 +127,14 @@ def test_storage_that_stops_answering_mid_sweep_is_one_line_and_a_rerun_resumes(
     assert epochs <= 4 + 1 and epochs >= max(before.values()), (before, epochs)  # at most the epoch in progress
 
 
+@pytest.mark.slow  # a moto server and a driver of their own
 def test_refused_credentials_are_one_line_before_any_work(tmp_path):
     """A moto server of its own that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0: every request must be
     signed by a known key), asked with keys it does not know."""
     import socket
     import time
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -146,6 +145,8 @@ def test_refused_credentials_are_one_line_before_any_work(tmp_path):
                 if sock.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.2)
+        else:
+            raise AssertionError(f"moto's server did not answer on port {port} within 30 s")
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "nobody", "AWS_SECRET_ACCESS_KEY": "wrong",
                "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
         spec = write_spec(tmp_path / "s.yaml", name="keys")

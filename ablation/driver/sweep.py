@@ -51,8 +51,8 @@ def run_study(spec_path: str, storage: str = "results/studies", address: str | N
         from .trackers import tracker_callbacks, tracker_home
         from .trackers import tracking_uri as tracker_uri
 
-        trackers = tracker_callbacks(callbacks, spec.name, tracker_uri(tracking_uri, storage), study_dir,
-                                     tracker_home(storage))
+        home = tracker_home(storage)
+        trackers = tracker_callbacks(callbacks, spec.name, tracker_uri(tracking_uri, home), study_dir, home)
     address = resolve_address(address)
     old = records.check_claim(study_dir, fresh)
     trials, choices, _ = plan_study(spec, study_dir, fresh=fresh)
@@ -74,12 +74,13 @@ def _storage_lost(study_dir: Location):
     tracebacks. Everything the storage holds is kept: the same command resumes once it answers again."""
     try:
         yield
+    except (ConnectionError, TimeoutError):  # a closed pipe on the console, Ray's own timeouts: not the storage
+        raise
     except OSError as exc:
-        if not store.is_uri(study_dir):
+        if not store.is_remote(study_dir):
             raise
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{study_dir}: the storage failed during the sweep ({why}); what it holds is kept: rerun "
-                        f"the same command when it answers again") from None
+        raise UserError(f"{study_dir}: the storage failed during the sweep ({store.reason(exc)}); what it holds is "
+                        f"kept: rerun the same command when it answers again") from None
 
 
 def _sweep(spec: Spec, spec_path: str, study_dir: Location, old, trials: list[Trial], choices: dict, data,

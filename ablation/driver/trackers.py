@@ -27,7 +27,7 @@ from .launch import trial_param
 
 # --callback name -> (package that must be installed, its Tune callback, its naming keyword, its files' keyword)
 TRACKERS = {
-    "mlflow": ("mlflow", None, None, None),
+    "mlflow": ("mlflow", None, None, None, None),  # ours: MLflowTrials
     "wandb": ("wandb", "ray.air.integrations.wandb", "WandbLoggerCallback", "project", "dir"),
     "aim": ("aim", "ray.tune.logger.aim", "AimLoggerCallback", "experiment_name", "repo"),
 }
@@ -40,7 +40,7 @@ def tracker_home(storage: Location) -> Path:
     return Path.cwd() if store.is_uri(storage) else Path(storage).expanduser().resolve()
 
 
-def tracking_uri(given: str | None, storage: Location) -> str:
+def tracking_uri(given: str | None, home: Path) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI (MLflow's own variable), else an SQLite store, mlflow.db, in the
     trackers' home. Not a folder of files: MLflow 3 keeps its file store in maintenance and refuses it by default."""
     import os
@@ -49,7 +49,7 @@ def tracking_uri(given: str | None, storage: Location) -> str:
         return given
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{tracker_home(storage) / 'mlflow.db'}"
+    return f"sqlite:///{home / 'mlflow.db'}"
 
 
 def tracker_callbacks(names: list[str], study_name: str, uri: str, study_dir: Location, home: Path) -> list:
@@ -58,13 +58,13 @@ def tracker_callbacks(names: list[str], study_name: str, uri: str, study_dir: Lo
     for name in names:
         if name not in TRACKERS:
             raise UserError(f"--callback {name}: unknown tracker; choose from {', '.join(TRACKERS)}")
-        package, module, cls, *keywords = TRACKERS[name]
+        package, module, cls, naming, files = TRACKERS[name]
         if importlib.util.find_spec(package) is None:
             raise UserError(f"--callback {name} needs the {package} package: pip install {package}")
         if name == "mlflow":
             out.append(MLflowTrials(uri, study_name, study_dir))
         else:
-            naming, files = keywords  # the home exists by the time they write: the studies are in it
+            # the home exists by the time they write: the studies are in it
             out.append(getattr(importlib.import_module(module), cls)(**{naming: study_name, files: str(home)}))
     return out
 

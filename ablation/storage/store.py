@@ -41,6 +41,16 @@ def with_endpoint(uri: str) -> str:
     return f"{uri}{'&' if '?' in uri else '?'}endpoint_override={quote(endpoint, safe='')}"
 
 
+def is_remote(location: Location) -> bool:
+    """Object storage (s3://, gs://): what can refuse or stop answering; not a folder, not a file:// URI."""
+    return is_uri(location) and _fs(str(location))[0].type_name != "local"
+
+
+def reason(exc: BaseException) -> str:
+    """An exception's first line, for a one-line message (its class name when it says nothing)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def check_reachable(uri: str) -> None:
     """One line, before any work, when the storage cannot be used: a bucket that does not exist, credentials
     refused, an endpoint that does not answer (pyarrow would otherwise fail at the first write, minutes in)."""
@@ -48,15 +58,14 @@ def check_reachable(uri: str) -> None:
 
     from ..errors import UserError
 
-    fs, path = _fs(uri)
-    if fs.type_name == "local":  # file://: no bucket, and a folder the study creates
+    if not is_remote(uri):  # file://: no bucket, and a folder the study creates
         return
+    fs, path = _fs(uri)
     bucket = path.split("/", 1)[0]
     try:
         kind = fs.get_file_info(bucket).type
     except OSError as exc:
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{uri}: the storage refused or did not answer ({why}); check the credentials "
+        raise UserError(f"{uri}: the storage refused or did not answer ({reason(exc)}); check the credentials "
                         f"(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the endpoint (AWS_ENDPOINT_URL or "
                         f"?endpoint_override=)") from None
     if kind == pyarrow.fs.FileType.NotFound:

@@ -30,7 +30,9 @@ def _state(study_dir: Location, trial: Trial, failed: set[str]) -> tuple[str, li
 class Decided(NamedTuple):
     trials: list[Trial]  # the plan that follows from what is decided
     choices: dict[str, dict]  # tuned cell -> its choice (tuning.choose)
-    effects: list[Effect]  # with an until block: each cell's effects as its first round decides its seeds
+    # with an until block: each cell's effects over its first round, what decides its seeds (n, mean and the
+    # interval leave out its extra seeds: effects() over the plan says where a cell stands now)
+    effects: list[Effect]
 
 
 def plan_study(spec: Spec, study_dir: Location, failed: set[str] = frozenset(), fresh: bool = False) -> Decided:
@@ -50,8 +52,7 @@ def plan_study(spec: Spec, study_dir: Location, failed: set[str] = frozenset(), 
         choices = {cell: c for cell, search in cells.items() if (c := choose(spec.tune, search)) is not None}
         trials = plan(spec, study_dir, choices)
     assessed = effects(spec, study_dir, trials, failed) if spec.until else []
-    extra = seeds_per_cell(assessed, spec.seeds) if spec.until else {}
-    if any(extra.values()):
+    if any((extra := seeds_per_cell(assessed, spec.seeds)).values()):
         trials = plan(spec, study_dir, choices, extra)
     return Decided(trials, choices, assessed)
 
