@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,24 @@ def test_ablation_train_writes_a_uri_out_to_the_store_not_to_a_local_folder(tmp_
     assert main(["train", *overrides, "--out", f"file://{tmp_path}/bucket/run"]) == 0
     assert (tmp_path / "bucket" / "run" / "metrics.csv").exists() and not (tmp_path / "file:").exists()
     assert f"wrote file://{tmp_path}/bucket/run/metrics.csv" in capsys.readouterr().out
+
+
+def test_a_uri_run_removes_the_staging_folders_of_killed_runs_and_its_own(tmp_path, monkeypatch):
+    """A trial killed with SIGKILL (Tune stops actors so) leaves its staged run dir, checkpoints and all, in the
+    temp folder; the next URI run on the machine removes it, and keeps the folder of a process still alive."""
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / "tmp" / f"{rundir.STAGING_PREFIX}{int(gone.stdout)}-abc"
+    alive = tmp_path / "tmp" / f"{rundir.STAGING_PREFIX}{os.getppid()}-def"
+    for folder in (killed, alive):
+        (folder / "run" / "checkpoints").mkdir(parents=True)
+    rundir.run(tiny(stage="finetune", epochs=1), f"file://{tmp_path}/bucket/run", log=lambda _: None)
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == [alive.name]
+    assert checkpoint_dirs(tmp_path / "bucket" / "run")
 
 
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):

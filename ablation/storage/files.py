@@ -1,12 +1,17 @@
-"""Local files a command reads or will write: a YAML mapping, and whether a folder could be written.
+"""Local files a command reads or will write: a YAML mapping, whether a folder could be written, and the
+temp folders a process leaves behind.
 
 Why: output locations are checked before any data loading, training or Ray start, and a spec or config
-file is read the one way (safe_load), so either is one line when it is wrong, not a traceback later.
+file is read the one way (safe_load), so either is one line when it is wrong, not a traceback later. A
+process killed with SIGKILL (Tune stops a trial's actor so) cleans nothing up: its temp folders are named
+after its process id, and the next process to make one on that machine removes them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +57,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of key: value at the top level")
     return data
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
+
+
+def owned_temp_dir(prefix: str) -> tempfile.TemporaryDirectory:
+    """A temp folder named `<prefix><pid>-...`; first removes those of this prefix whose process is gone."""
+    for old in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+        pid = old.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..storage import provenance, store
+from ..storage.files import process_alive
 from ..storage.store import Location
 from ..trial.config import dataset_of
 from ..trial.rundir import read_rows_checked, stopped, trained_log
@@ -85,12 +86,10 @@ def live_driver(study_dir: Location) -> tuple[int, str] | None:
     try:
         fields = (store.read_file(store.child(study_dir, LOCK)) or "").split()
         pid, host = int(fields[0]), (fields[1] if len(fields) > 1 else socket.gethostname())
-        if host == socket.gethostname():
-            os.kill(pid, 0)
-    except PermissionError:
-        pass  # alive, owned by another user
     except (OSError, ValueError, IndexError):
-        return None  # no lock, a torn lock, or no such process
+        return None  # no lock, or a torn one
+    if host == socket.gethostname() and not process_alive(pid):
+        return None
     return pid, host
 
 

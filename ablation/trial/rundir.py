@@ -2,8 +2,9 @@
 
 Why: a run killed at any moment must resume from its last epoch when it is started again, with nothing lost
 and nothing mixed: the directory is the run's whole record, whatever started it (a shell, a Tune trial on
-any node). It may live at a URI (s3://, gs://, file://): it is then staged in a local temp folder and
-each epoch's files are pushed after the epoch: run.json (the first time), then the checkpoint, then the
+any node). It may live at a URI (s3://, gs://, file://): it is then staged in a local temp folder (removed
+after the run, or by the next run on that machine if this one was killed) and each epoch's files are pushed
+after the epoch: run.json (the first time), then the checkpoint, then the
 metrics. Layout:
     run.json                      config, provenance, data copy, digest of a pretrained backbone
     metrics.jsonl                 one JSON row per epoch of the state the run continues from (device,
@@ -24,7 +25,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +32,7 @@ from typing import Any, Callable
 from ..errors import ConfigError
 from ..storage import provenance, store
 from ..storage.atomic import write_atomic
+from ..storage.files import owned_temp_dir
 from ..storage.store import Location
 from .config import TrialConfig
 
@@ -81,6 +82,9 @@ def _check_same_config(record: str | None, where: Location, cfg: TrialConfig) ->
                           f"{now.get(k, default)!r} now); choose another --out")
 
 
+STAGING_PREFIX = "ablation-run-"  # a staged URI run dir: its checkpoints, ~90 MB each
+
+
 class RunDir:
     """The run's files as a local folder: the directory itself, or a staged copy of a URI run dir."""
 
@@ -88,7 +92,7 @@ class RunDir:
         self.location = location
         self._tmp = None
         if store.is_uri(location):
-            self._tmp = tempfile.TemporaryDirectory(prefix="ablation-run-")
+            self._tmp = owned_temp_dir(STAGING_PREFIX)
             self.path = store.download(str(location), Path(self._tmp.name) / "run")
         else:
             self.path = Path(location).resolve()
