@@ -222,13 +222,10 @@ def test_a_cluster_without_a_shared_filesystem_runs_a_study_on_s3_and_a_lost_nod
         assert rows(victim)[0]["node"] == worker and rows(victim)[-1]["node"] == head
         trained = s3_trained(client, "cluster", "studies/ref")
         assert len(trained) == 10 and trained[victim] <= EPOCHS + 1 and sum(trained.values()) <= 10 * EPOCHS + 1
-        env_before = dict(os.environ)
-        os.environ.update(env)  # `ablation report` in this process, as the user's shell would run it
-        try:
+        with pytest.MonkeyPatch.context() as patch:  # `ablation report` in this process, as the user's shell runs it
+            for name, value in env.items():
+                patch.setenv(name, value)
             assert main(["report", f"{storage}/ref"]) == 0
-        finally:
-            os.environ.clear()
-            os.environ.update(env_before)
         assert main(["report", str(reference_study)]) == 0
         local = next((tmp_path / "cache" / "studies").iterdir())
         for table in ("rotation", "finetune_partial", "finetune_full", "pretraining_effect"):
