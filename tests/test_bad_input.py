@@ -124,6 +124,26 @@ def test_fresh_on_uri_storage_is_refused_without_touching_the_study(tmp_path):
     assert snapshot(study) == before
 
 
+@pytest.mark.parametrize("command", ["sweep", "status", "report"])
+def test_gcs_credentials_that_cannot_be_used_are_one_line_naming_googles_variable(tmp_path, monkeypatch, capfd,
+                                                                                 command):
+    """pyarrow's GCS client raises a bare ArrowException (no OSError) on a credentials file it cannot open, in a
+    paragraph of retry metadata: one line with its cause and Google's variable, nothing copied or written."""
+    from ablation.cli import main
+
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path / "s.yaml")
+    args = {"sweep": ["sweep", str(spec), "--storage", "gs://bucket/studies"]}.get(command, [command, "gs://bucket/t"])
+    capfd.readouterr()
+    code = main(args)
+    result = subprocess.CompletedProcess([], code, "", capfd.readouterr().err)
+    assert_one_line_exit_2(result, f"(no access token: Cannot open credentials file {tmp_path / 'missing.json'}); "
+                                   "check the credentials (GOOGLE_APPLICATION_CREDENTIALS")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
 def test_status_of_a_uri_that_holds_no_study(tmp_path):
     assert_one_line_exit_2(ablation("status", f"file://{tmp_path}/nothing"), "is not a study directory")
 

@@ -104,7 +104,8 @@ class Progress(Callback):
             store.write_file(self.log, "\n".join(self.lines) + "\n")
             self.uploaded = now
         except Exception as exc:  # pyarrow raises OSError, ArrowException, ... on a network or credential error
-            print(f"ablation: warning: could not write the sweep log {self.log} ({exc}); trying again later",
+            print(f"ablation: warning: could not write the sweep log {self.log} ({store.reason(exc)}); trying "
+                  f"again later",
                   file=sys.stderr, flush=True)
 
     def event(self, text: str, echo: bool = True) -> None:

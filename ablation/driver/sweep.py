@@ -76,7 +76,7 @@ def _storage_lost(study_dir: Location):
         yield
     except (ConnectionError, TimeoutError):  # a closed pipe on the console, Ray's own timeouts: not the storage
         raise
-    except OSError as exc:
+    except store.storage_errors() as exc:
         if not store.is_remote(study_dir):
             raise
         raise UserError(f"{study_dir}: the storage failed during the sweep ({store.reason(exc)}); what it holds is "

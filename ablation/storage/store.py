@@ -47,8 +47,31 @@ def is_remote(location: Location) -> bool:
 
 
 def reason(exc: BaseException) -> str:
-    """An exception's first line, for a one-line message (its class name when it says nothing)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    """An exception's first line, for a one-line message (its class name when it says nothing). Google Cloud's
+    client wraps its cause ("Cannot open credentials file ...") in a paragraph of retry metadata: the cause."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if "google::cloud::Status" in text and "The underlying error message was: " in text:
+        cause = text.partition("The underlying error message was: ")[2].partition(" error_info=")[0]
+        text = f"no access token: {cause}" if "OAuth2 access token" in text else cause
+    return text
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What a storage that refuses or stops answering raises: OSError, or (pyarrow's GCS client, on credentials
+    it cannot use) a bare ArrowException."""
+    import pyarrow.lib
+
+    return OSError, pyarrow.lib.ArrowException
+
+
+# Per scheme: where the credentials and the endpoint come from, and how a bucket is made.
+HINTS = {
+    "s3": ("the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the endpoint (AWS_ENDPOINT_URL or "
+           "?endpoint_override=)", "aws s3 mb s3://{bucket}"),
+    "gs": ("the credentials (GOOGLE_APPLICATION_CREDENTIALS, or gcloud auth application-default login)",
+           "gcloud storage buckets create gs://{bucket}"),
+}
+CHECK_RETRY_S = 10  # gs://: how long the check retries (Google's client would, for minutes, without credentials)
 
 
 def check_reachable(uri: str) -> None:
@@ -60,17 +83,20 @@ def check_reachable(uri: str) -> None:
 
     if not is_remote(uri):  # file://: no bucket, and a folder the study creates
         return
-    fs, path = _fs(uri)
+    scheme = uri.partition("://")[0]
+    credentials, make_bucket = HINTS.get(scheme, ("the credentials and the endpoint", "create it"))
+    probe = uri
+    if scheme == "gs" and "retry_limit_seconds=" not in uri:
+        probe = f"{uri}{'&' if '?' in uri else '?'}retry_limit_seconds={CHECK_RETRY_S}"
+    fs, path = _fs(probe)
     bucket = path.split("/", 1)[0]
     try:
         kind = fs.get_file_info(bucket).type
-    except OSError as exc:
-        raise UserError(f"{uri}: the storage refused or did not answer ({reason(exc)}); check the credentials "
-                        f"(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the endpoint (AWS_ENDPOINT_URL or "
-                        f"?endpoint_override=)") from None
+    except storage_errors() as exc:
+        raise UserError(f"{uri}: the storage refused or did not answer ({reason(exc)}); check {credentials}") from None
     if kind == pyarrow.fs.FileType.NotFound:
-        raise UserError(f"{uri}: the bucket {bucket} does not exist; create it first (aws s3 mb s3://{bucket}) "
-                        f"or check its name")
+        raise UserError(f"{uri}: the bucket {bucket} does not exist; create it first "
+                        f"({make_bucket.format(bucket=bucket)}) or check its name")
 
 
 def _fs(uri: str):
