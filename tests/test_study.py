@@ -45,6 +45,29 @@ def test_a_sweep_ends_with_a_line_per_problem_and_its_exit_code(failed, skipped,
     assert all(line.startswith(start) for line, start in zip(lines, says)), lines
 
 
+def test_only_what_a_failing_storage_raises_becomes_the_storage_line(monkeypatch):
+    """Mid-sweep, an OSError or pyarrow's bare ArrowException (GCS credentials) from object storage is one line
+    saying what is kept; pyarrow's ArrowInvalid (a ValueError: a bug), a closed console pipe and a local disk's
+    errors keep their tracebacks."""
+    import pyarrow.lib
+
+    from ablation.driver.sweep import _storage_lost
+    from ablation.errors import UserError
+    from ablation.storage import store
+
+    monkeypatch.setattr(store, "is_remote", lambda location: location.startswith("gs://"))
+    failures = [OSError("connection reset"), pyarrow.lib.ArrowException("Unknown error: google::cloud::Status")]
+    for exc in failures:
+        with pytest.raises(UserError, match="the storage failed during the sweep .* what it holds is kept"):
+            with _storage_lost("gs://bucket/studies/s"):
+                raise exc
+    for where, exc in [("gs://bucket/studies/s", pyarrow.lib.ArrowInvalid("a bug")),
+                       ("gs://bucket/studies/s", BrokenPipeError()), ("/data/studies/s", OSError("disk full"))]:
+        with pytest.raises(type(exc)):
+            with _storage_lost(where):
+                raise exc
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
 def test_a_stop_signal_outside_tunes_fit_ends_the_sweep_with_its_own_exit_code(sig):
     """SIGTERM is passed on as SIGINT for Tune's handler; when no fit is running (just before it starts, or

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -147,20 +147,33 @@ def test_ablation_train_writes_a_uri_out_to_the_store_not_to_a_local_folder(tmp_
 
 def test_a_uri_run_removes_the_staging_folders_of_killed_runs_and_its_own(tmp_path, monkeypatch):
     """A trial killed with SIGKILL (Tune stops actors so) leaves its staged run dir, checkpoints and all, in the
-    temp folder; the next URI run on the machine removes it, and keeps the folder of a process still alive."""
+    temp folder; the next URI run on the machine removes it, and keeps the folder of a process still alive and
+    one it cannot tell (no lock file: an older release's)."""
+    import signal
     import subprocess
     import sys
-    import tempfile
 
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    killed = tmp_path / "tmp" / f"{rundir.STAGING_PREFIX}{int(gone.stdout)}-abc"
-    alive = tmp_path / "tmp" / f"{rundir.STAGING_PREFIX}{os.getppid()}-def"
-    for folder in (killed, alive):
-        (folder / "run" / "checkpoints").mkdir(parents=True)
-    rundir.run(tiny(stage="finetune", epochs=1), f"file://{tmp_path}/bucket/run", log=lambda _: None)
-    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == [alive.name]
-    assert checkpoint_dirs(tmp_path / "bucket" / "run")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    hold = ("import sys, tempfile, time; tempfile.tempdir = sys.argv[1]; from ablation.storage.files import "
+            "OwnedTempDir; d = OwnedTempDir(sys.argv[2]); print(d.name, flush=True); time.sleep(600)")
+    holders = [subprocess.Popen([sys.executable, "-c", hold, str(temp), rundir.STAGING_PREFIX],
+                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        killed, alive = (Path(h.stdout.readline().strip()) for h in holders)
+        holders[0].send_signal(signal.SIGKILL)
+        holders[0].wait()
+        older = temp / f"{rundir.STAGING_PREFIX}x9ryuhe3"
+        for folder in (killed, older):
+            (folder / "run" / "checkpoints").mkdir(parents=True)
+        monkeypatch.setattr(tempfile, "tempdir", str(temp))
+        rundir.run(tiny(stage="finetune", epochs=1), f"file://{tmp_path}/bucket/run", log=lambda _: None)
+        assert sorted(p.name for p in temp.iterdir()) == sorted([alive.name, older.name])
+        assert checkpoint_dirs(tmp_path / "bucket" / "run")
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
 
 
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):

@@ -105,7 +105,7 @@ class Progress(Callback):
             self.uploaded = now
         except Exception as exc:  # pyarrow raises OSError, ArrowException, ... on a network or credential error
             print(f"ablation: warning: could not write the sweep log {self.log} ({store.reason(exc)}); trying "
-                  f"again later",
+                  "again later",
                   file=sys.stderr, flush=True)
 
     def event(self, text: str, echo: bool = True) -> None:

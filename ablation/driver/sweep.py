@@ -76,8 +76,8 @@ def _storage_lost(study_dir: Location):
         yield
     except (ConnectionError, TimeoutError):  # a closed pipe on the console, Ray's own timeouts: not the storage
         raise
-    except store.storage_errors() as exc:
-        if not store.is_remote(study_dir):
+    except Exception as exc:
+        if not (store.is_storage_error(exc) and store.is_remote(study_dir)):
             raise
         raise UserError(f"{study_dir}: the storage failed during the sweep ({store.reason(exc)}); what it holds is "
                         f"kept: rerun the same command when it answers again") from None

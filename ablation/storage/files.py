@@ -3,12 +3,13 @@ temp folders a process leaves behind.
 
 Why: output locations are checked before any data loading, training or Ray start, and a spec or config
 file is read the one way (safe_load), so either is one line when it is wrong, not a traceback later. A
-process killed with SIGKILL (Tune stops a trial's actor so) cleans nothing up: its temp folders are named
-after its process id, and the next process to make one on that machine removes them.
+process killed with SIGKILL (Tune stops a trial's actor so) cleans nothing up: its temp folders hold a lock
+that the kernel drops with the process, and the next process to make one on that machine removes them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -59,21 +60,37 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (one of another user counts as alive)."""
+class OwnedTempDir(tempfile.TemporaryDirectory):
+    """A temp folder `<prefix>*` holding an flock on its OWNER_LOCK for as long as its process lives (the kernel
+    drops it at exit, SIGKILL included: no process id to trust, none reused, the same across containers that
+    share /tmp). Made, it first removes the folders of this prefix whose lock nobody holds; a folder without
+    the lock file (being made right now, or of an older release) is left alone."""
+
+    OWNER_LOCK = ".owner.lock"
+
+    def __init__(self, prefix: str):
+        for old in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+            _remove_if_abandoned(old, self.OWNER_LOCK)
+        super().__init__(prefix=prefix)
+        self._lock = os.open(Path(self.name, self.OWNER_LOCK), os.O_CREAT | os.O_WRONLY, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+def _remove_if_abandoned(folder: Path, lock_name: str) -> None:
     try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return True
-    except (OSError, OverflowError):
-        return False
-    return True
-
-
-def owned_temp_dir(prefix: str) -> tempfile.TemporaryDirectory:
-    """A temp folder named `<prefix><pid>-...`; first removes those of this prefix whose process is gone."""
-    for old in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
-        pid = old.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
+        lock = os.open(folder / lock_name, os.O_WRONLY)
+    except OSError:  # no lock file, or another user's folder
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: its process is alive
+        os.close(lock)
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    os.close(lock)

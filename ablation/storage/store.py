@@ -50,18 +50,18 @@ def reason(exc: BaseException) -> str:
     """An exception's first line, for a one-line message (its class name when it says nothing). Google Cloud's
     client wraps its cause ("Cannot open credentials file ...") in a paragraph of retry metadata: the cause."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if "google::cloud::Status" in text and "The underlying error message was: " in text:
-        cause = text.partition("The underlying error message was: ")[2].partition(" error_info=")[0]
+    cause = text.partition("The underlying error message was: ")[2].partition(" error_info=")[0].strip()
+    if "google::cloud::Status" in text and cause:
         text = f"no access token: {cause}" if "OAuth2 access token" in text else cause
     return text
 
 
-def storage_errors() -> tuple[type[BaseException], ...]:
-    """What a storage that refuses or stops answering raises: OSError, or (pyarrow's GCS client, on credentials
-    it cannot use) a bare ArrowException."""
+def is_storage_error(exc: BaseException) -> bool:
+    """What a storage that refuses or stops answering raises: an OSError, or (pyarrow's GCS client, on
+    credentials it cannot use) a bare ArrowException; not its subclasses (ArrowInvalid is a ValueError: a bug)."""
     import pyarrow.lib
 
-    return OSError, pyarrow.lib.ArrowException
+    return isinstance(exc, OSError) or type(exc) is pyarrow.lib.ArrowException
 
 
 # Per scheme: where the credentials and the endpoint come from, and how a bucket is made.
@@ -92,7 +92,9 @@ def check_reachable(uri: str) -> None:
     bucket = path.split("/", 1)[0]
     try:
         kind = fs.get_file_info(bucket).type
-    except storage_errors() as exc:
+    except Exception as exc:
+        if not is_storage_error(exc):
+            raise
         raise UserError(f"{uri}: the storage refused or did not answer ({reason(exc)}); check {credentials}") from None
     if kind == pyarrow.fs.FileType.NotFound:
         raise UserError(f"{uri}: the bucket {bucket} does not exist; create it first "

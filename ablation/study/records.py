@@ -25,7 +25,6 @@ from typing import Any
 
 from ..errors import UserError
 from ..storage import provenance, store
-from ..storage.files import process_alive
 from ..storage.store import Location
 from ..trial.config import dataset_of
 from ..trial.rundir import read_rows_checked, stopped, trained_log
@@ -80,6 +79,17 @@ def read_manifest(study_dir: Location) -> dict[str, Any]:
     return manifest
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
+
+
 def live_driver(study_dir: Location) -> tuple[int, str] | None:
     """(pid, host) of the study's lock if that driver may be alive (a SIGKILLed driver leaves a stale lock).
     A lock taken on another host cannot be checked from here and counts as alive."""
@@ -88,7 +98,7 @@ def live_driver(study_dir: Location) -> tuple[int, str] | None:
         pid, host = int(fields[0]), (fields[1] if len(fields) > 1 else socket.gethostname())
     except (OSError, ValueError, IndexError):
         return None  # no lock, or a torn one
-    if host == socket.gethostname() and not process_alive(pid):
+    if host == socket.gethostname() and not _process_alive(pid):
         return None
     return pid, host
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 
 from ..errors import UserError
 from ..storage.atomic import write_atomic
+from ..storage.files import OwnedTempDir
 from ..storage.store import download, is_uri
 from .models import HEAD_KEYS
 from .rundir import CHECKPOINT_GLOB
@@ -141,7 +141,7 @@ def resolve_pretrained(source: str) -> dict[str, torch.Tensor]:
     """The backbone of a finished rotation run, from its run dir (newest valid checkpoint) or a checkpoint,
     local or at a URI (copied to a temp folder first)."""
     if is_uri(source):
-        with tempfile.TemporaryDirectory() as tmp:
+        with OwnedTempDir("ablation-pretrained-") as tmp:  # removed after, or by the next one if killed
             local = download(source, Path(tmp) / "run")
             found = list(local.iterdir())
             if not found:

@@ -4,8 +4,7 @@ Why: a run killed at any moment must resume from its last epoch when it is start
 and nothing mixed: the directory is the run's whole record, whatever started it (a shell, a Tune trial on
 any node). It may live at a URI (s3://, gs://, file://): it is then staged in a local temp folder (removed
 after the run, or by the next run on that machine if this one was killed) and each epoch's files are pushed
-after the epoch: run.json (the first time), then the checkpoint, then the
-metrics. Layout:
+after the epoch: run.json (the first time), then the checkpoint, then the metrics. Layout:
     run.json                      config, provenance, data copy, digest of a pretrained backbone
     metrics.jsonl                 one JSON row per epoch of the state the run continues from (device,
                                   data fingerprint, pretrained digest beside the metrics)
@@ -32,7 +31,7 @@ from typing import Any, Callable
 from ..errors import ConfigError
 from ..storage import provenance, store
 from ..storage.atomic import write_atomic
-from ..storage.files import owned_temp_dir
+from ..storage.files import OwnedTempDir
 from ..storage.store import Location
 from .config import TrialConfig
 
@@ -92,7 +91,7 @@ class RunDir:
         self.location = location
         self._tmp = None
         if store.is_uri(location):
-            self._tmp = owned_temp_dir(STAGING_PREFIX)
+            self._tmp = OwnedTempDir(STAGING_PREFIX)
             self.path = store.download(str(location), Path(self._tmp.name) / "run")
         else:
             self.path = Path(location).resolve()
