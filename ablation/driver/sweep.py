@@ -259,21 +259,13 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
     for tune_filter in (NO_RESTORE_ADVICE, STOP_SIGNAL):  # the same filter twice is added once
         logging.getLogger("ray.tune.tune").addFilter(tune_filter)
     if not ray.is_initialized():
-        main = threading.current_thread() is threading.main_thread()  # signal.signal works there only
-        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)} if main else {}
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
-                     logging_level=logging.INFO if verbose else logging.WARNING)
-        except ConnectionError as exc:  # address=auto with no cluster running
-            raise UserError(f"--address {address}: {str(exc).splitlines()[0]}; start one with `ray start --head` "
-                            f"or leave --address out for a local Ray") from None
-        except SystemExit as exc:  # SIGTERM while ray.init ran: its handler's sys.exit(15), as any other stop
-            if exc.code != signal.SIGTERM:
-                raise
-            raise Stopped(signal.SIGTERM) from None
-        finally:  # ray.init's own SIGTERM handler exits with code 15 and says nothing: ours (cli.py) come back
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        with _stop_signals_held():
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+                         logging_level=logging.INFO if verbose else logging.WARNING)
+            except ConnectionError as exc:  # address=auto with no cluster running
+                raise UserError(f"--address {address}: {str(exc).splitlines()[0]}; start one with `ray start "
+                                f"--head` or leave --address out for a local Ray") from None
     have = ray.cluster_resources()
     gpu = spec.gpu
     if gpu and not have.get("GPU", 0):
@@ -292,6 +284,34 @@ def _start_ray(address: str | None, spec: Spec, verbose: bool = False) -> tuple[
     if spec.max_concurrent:
         slots = min(slots, spec.max_concurrent)
     return gpu, max(1, slots)
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """SIGTERM or SIGHUP while ray.init runs stops the sweep once Ray is up (Stopped: exit 128 + its number).
+    Let through, it ends the driver mid-connection: Ray's own handler (sys.exit, installed by ray.init) leaves
+    a half-made core worker that segfaults at exit (139), and Ray's C++ failure handler, which takes SIGTERM
+    from the moment that worker starts, aborts (134) with a stack dump. That handler is turned off for the
+    driver only (read when its core worker starts; workers keep theirs)."""
+    import ray
+
+    ray._private.ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    if threading.current_thread() is not threading.main_thread():  # signal.signal works there only
+        yield
+        return
+    held: list[int] = []
+    handlers = {sig: signal.signal(sig, lambda signum, frame: held.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGHUP)}
+    set_sigterm_handler = ray._private.utils.set_sigterm_handler
+    ray._private.utils.set_sigterm_handler = lambda handler: None  # ray.init's sys.exit handler: not now
+    try:
+        yield
+    finally:
+        ray._private.utils.set_sigterm_handler = set_sigterm_handler
+        for sig, handler in handlers.items():  # ours (cli.py) come back
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    if held:
+        raise Stopped(held[0])
 
 
 def fits(total: float, share: float) -> int:
