@@ -69,10 +69,11 @@ def test_only_what_a_failing_storage_raises_becomes_the_storage_line(monkeypatch
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
-def test_a_stop_signal_outside_tunes_fit_ends_the_sweep_with_its_own_exit_code(sig):
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_a_stop_signal_outside_tunes_fit_ends_the_sweep_with_its_own_exit_code(sig, sigint):
     """SIGTERM is passed on as SIGINT for Tune's handler; when no fit is running (just before it starts, or
-    while the sweep closes) Python's own handler raises a bare KeyboardInterrupt: the stop must still exit
-    128 + SIGTERM, not Ctrl-C's 130, so a batch scheduler sees its own signal."""
+    while the sweep closes) the stop is raised at once: exit 128 + SIGTERM, not Ctrl-C's 130, so a batch
+    scheduler sees its own signal, and never lost where SIGINT is ignored (a job started with & by a script)."""
     import os
     import signal
     import time
@@ -81,11 +82,16 @@ def test_a_stop_signal_outside_tunes_fit_ends_the_sweep_with_its_own_exit_code(s
     from ablation.errors import Stopped
 
     signum = getattr(signal, sig)
-    before = signal.getsignal(signum)
-    with pytest.raises(Stopped) as stopped:
-        with _stop_signals():
-            os.kill(os.getpid(), signum)
-            time.sleep(5)  # the forwarded SIGINT interrupts this
+    before, before_int = signal.getsignal(signum), signal.getsignal(signal.SIGINT)
+    if sigint == "ignored":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(Stopped) as stopped:
+            with _stop_signals():
+                os.kill(os.getpid(), signum)
+                time.sleep(5)  # the stop interrupts this
+    finally:
+        signal.signal(signal.SIGINT, before_int)
     assert stopped.value.signum == signum
     assert signal.getsignal(signum) == before  # the handler before it is back
 

@@ -443,8 +443,9 @@ class _Stop:
 @contextlib.contextmanager
 def _stop_signals():
     """SIGTERM (a batch scheduler's preemption, a container stop) and SIGHUP (a closed terminal) stop the sweep
-    as Ctrl-C does: each is passed on as SIGINT to whatever handles SIGINT now (Tune during the fit), so every
-    finished epoch is kept and the same line says how to resume; the exit code is 128 + the signal's number."""
+    as Ctrl-C does: each is passed on as SIGINT to Tune's handler during the fit, and raised as Stopped when no
+    fit listens, so every finished epoch is kept and the same line says how to resume; the exit code is 128 +
+    the signal's number."""
     stop = _Stop()
     if threading.current_thread() is not threading.main_thread():  # signal.signal works there only
         yield stop
@@ -452,6 +453,8 @@ def _stop_signals():
 
     def forward(signum, frame):
         stop.signum = signum
+        if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL, None):
+            raise Stopped(signum)  # no Tune fit listening; SIGINT may be ignored (`ablation sweep ... &` in a script)
         os.kill(os.getpid(), signal.SIGINT)
 
     before = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
